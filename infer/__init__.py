@@ -1,0 +1,1 @@
+"""Exact stride-1 OP-convNet inference over whole CT volumes."""

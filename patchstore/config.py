@@ -1,0 +1,87 @@
+"""Build parameters: one frozen dataclass, stored verbatim in every shard and the manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+FORMAT_VERSION = 1
+DTYPES = ("uint8", "float16")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that decides the content of a shard set (paper section II.A-C).
+
+    Intensities: HU outside [hu_min, hu_max] become 0, the rest is divided by hu_max, so the
+    windowed slice lies in [0, 1] with 0 meaning "outside the bone window" (air, soft tissue).
+    Views per slice: the original and one rotation per entry of ``angles`` (degrees), each
+    followed by ``translations`` randomly shifted copies (uniform in +-max_shift pixels), so
+    ``(1 + len(angles)) * (1 + translations)`` views in all; view 0 is the original slice.
+    """
+
+    hu_min: float = 100.0
+    hu_max: float = 1500.0
+    sigma: float = 0.8
+    patch: int = 32
+    stride: int = 12
+    angles: tuple[float, ...] = (-10.0, 10.0)
+    translations: int = 1
+    max_shift: float = 4.0
+    rus: bool = True
+    ratio: float = 1.0
+    seed: int = 0
+    dtype: str = "uint8"
+    labels: tuple[int, ...] = ()
+    shard_mb: float = 1024.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
+        object.__setattr__(self, "labels", tuple(int(v) for v in self.labels))
+        checks = [
+            (self.hu_min < self.hu_max, "hu_min", self.hu_min, f"a value below hu_max={self.hu_max}"),
+            (self.hu_max > 0, "hu_max", self.hu_max, "a positive HU value"),
+            (self.sigma >= 0, "sigma", self.sigma, "a value >= 0 (0 disables smoothing)"),
+            (self.patch >= 4 and self.patch % 2 == 0, "patch", self.patch, "an even size >= 4"),
+            (self.stride >= 1, "stride", self.stride, "an integer >= 1"),
+            (self.translations >= 0, "translations", self.translations, "an integer >= 0"),
+            (self.max_shift >= 0, "max_shift", self.max_shift, "a value >= 0"),
+            (self.ratio > 0, "ratio", self.ratio, "a positive majority:minority ratio"),
+            (self.dtype in DTYPES, "dtype", self.dtype, f"one of {DTYPES}"),
+            (self.shard_mb > 0, "shard_mb", self.shard_mb, "a positive size in MB"),
+            (0 <= self.seed < 2**63, "seed", self.seed, "an integer in [0, 2**63)"),
+        ]
+        for ok, field, found, expected in checks:
+            if not ok:
+                raise ValueError(f"Build parameter {field!r} is {found!r}; expected {expected}")
+
+    @property
+    def n_views(self) -> int:
+        return (1 + len(self.angles)) * (1 + self.translations)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BuildConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"Unknown build parameters {unknown}; expected a subset of {sorted(names)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def content_key(self) -> str:
+        """Hash of the parameters that decide shard contents (shard_mb only splits files)."""
+        d = self.to_dict()
+        d.pop("shard_mb")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def differing_fields(a: dict, b: dict) -> list[str]:
+    """Names of build parameters whose values differ between two parameter dicts."""
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -1,0 +1,1 @@
+"""OP-convNet training from device-resident patchstore shards."""

@@ -1,0 +1,62 @@
+"""OP-convNet exactly as Table 1 of Qadri et al. (IEEE Access 2021), 1,682,178 learnables.
+
+    input 32x32x1
+    conv1 3x3/2, 64        -> 15x15x64    (no padding)
+    maxpool 3x3/2          ->  7x7x64
+    conv2 3x3/1, 128       ->  5x5x128    (no padding)
+    maxpool 3x3/1          ->  3x3x128
+    conv3 3x3/1, 256, pad1 ->  3x3x256
+    maxpool 2x2/1          ->  2x2x256
+    fc1 1024 -> 1024, dropout 0.5 -> fc2 256, dropout 0.5 -> fc3 2 (softmax in the loss)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+PATCH = 32
+N_CLASSES = 2
+
+
+class OPConvNet(nn.Module):
+    """Patch classifier: (B, 1, 32, 32) float in [0, 1] -> (B, 2) logits (background, vertebra)."""
+
+    def __init__(self, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 64, 3, stride=2)
+        self.pool1 = nn.MaxPool2d(3, stride=2)
+        self.conv2 = nn.Conv2d(64, 128, 3)
+        self.pool2 = nn.MaxPool2d(3, stride=1)
+        self.conv3 = nn.Conv2d(128, 256, 3, padding=1)
+        self.pool3 = nn.MaxPool2d(2, stride=1)
+        self.fc1 = nn.Linear(256 * 2 * 2, 1024)
+        self.fc2 = nn.Linear(1024, 256)
+        self.fc3 = nn.Linear(256, N_CLASSES)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 32, 32) -> (B, 256, 2, 2), the input of fc1."""
+        x = self.pool1(torch.relu(self.conv1(x)))
+        x = self.pool2(torch.relu(self.conv2(x)))
+        return self.pool3(torch.relu(self.conv3(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.features(x), 1)
+        x = self.drop1(torch.relu(self.fc1(x)))
+        x = self.drop2(torch.relu(self.fc2(x)))
+        return self.fc3(x)
+
+
+def init_paper(model: nn.Module, std: float = 0.01, generator: torch.Generator | None = None) -> None:
+    """The paper's initialisation: weights from N(0, std), biases zero (section IV)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            with torch.no_grad():
+                m.weight.normal_(0.0, std, generator=generator)
+                m.bias.zero_()
+
+
+def count_learnables(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
