@@ -149,9 +149,9 @@ def segmentation_metrics(
     pb, rb = boundary(p), boundary(r)
     if pb.any() and rb.any():
         d_pred, d_ref = surface_distances(pb, rb, spacing)
-    else:
-        d_pred = np.zeros(int(np.count_nonzero(pb)))
-        d_ref = np.zeros(int(np.count_nonzero(rb)))
+    else:  # at most one boundary is non-empty: its voxels have nothing to be near
+        d_pred = np.full(int(np.count_nonzero(pb)), np.inf)
+        d_ref = np.full(int(np.count_nonzero(rb)), np.inf)
     out.update(boundary_scores(d_pred, d_ref, tolerance_mm))
     return out
 

@@ -33,46 +33,39 @@ def window_scale(hu, hu_min, hu_max, out):
 
 
 @njit(cache=True, parallel=True)
-def smooth_rows(x, w, out):
-    """Correlate each slice with ``w`` along axis 1 (rows), zeros outside the slice.
+def smooth_slices(x, w, out):
+    """Separable correlation of every axial slice with ``w``, zeros outside the slice.
 
-    x, out: (Z, H, W) float32; w: (2r+1,) float64 weights. Sums in float64, stores float32,
-    as ``scipy.ndimage.correlate1d`` does.
+    x, out: (Z, H, W) float32; w: (2r+1,) float64 (symmetric Gaussian weights). Rows first,
+    then columns; sums in float64, the intermediate stored as float32, as
+    ``scipy.ndimage.gaussian_filter`` does:
 
-        out[z, i, j] = sum_k w[k] * x[z, i + k - r, j]     (terms with i+k-r outside dropped)
+        tmp[i, j] = sum_k w[k] * x[z, i + k - r, j]        (rows outside the slice are 0)
+        out[z, i, j] = sum_k w[k] * tmp[i, j + k - r]      (tmp is stored with r zero columns
+                                                            on each side: tmp_pad[i, j + k])
     """
     nz, nh, nw = x.shape
-    r = (w.shape[0] - 1) // 2
-    for zi in prange(nz * nh):
-        z = zi // nh
-        i = zi % nh
-        k0 = max(0, r - i)
-        k1 = min(w.shape[0], nh - i + r)
-        for j in range(nw):
-            acc = 0.0
-            for k in range(k0, k1):
-                acc += w[k] * x[z, i + k - r, j]
-            out[z, i, j] = acc
-
-
-@njit(cache=True, parallel=True)
-def smooth_cols(x, w, out):
-    """Correlate each row with ``w`` along axis 2 (columns), zeros outside the slice.
-
-    x, out: (Z, H, W) float32 (distinct arrays); w: (2r+1,) float64.
-    """
-    nz, nh, nw = x.shape
-    r = (w.shape[0] - 1) // 2
-    for zi in prange(nz * nh):
-        z = zi // nh
-        i = zi % nh
-        for j in range(nw):
-            k0 = max(0, r - j)
-            k1 = min(w.shape[0], nw - j + r)
-            acc = 0.0
-            for k in range(k0, k1):
-                acc += w[k] * x[z, i, j + k - r]
-            out[z, i, j] = acc
+    nk = w.shape[0]
+    r = (nk - 1) // 2
+    tmp = np.zeros((nh, nw + 2 * r), np.float32)
+    for z in range(nz):
+        for i in prange(nh):
+            acc = np.zeros(nw, np.float64)
+            for k in range(max(0, r - i), min(nk, nh - i + r)):
+                wk = w[k]
+                row = i + k - r
+                for j in range(nw):
+                    acc[j] += wk * x[z, row, j]
+            for j in range(nw):
+                tmp[i, j + r] = acc[j]
+        for i in prange(nh):
+            acc = np.zeros(nw, np.float64)
+            for k in range(nk):
+                wk = w[k]
+                for j in range(nw):
+                    acc[j] += wk * tmp[i, j + k]
+            for j in range(nw):
+                out[z, i, j] = acc[j]
 
 
 @njit(cache=True, parallel=True)

