@@ -51,7 +51,7 @@ def check_masks(pred: np.ndarray, ref: np.ndarray, spacing) -> tuple[float, floa
     sp = tuple(float(s) for s in spacing)
     if len(sp) != 3 or not all(s > 0 and math.isfinite(s) for s in sp):
         raise ValueError(f"spacing must be three positive (sz, sy, sx) in mm, not {spacing!r}")
-    return sp  # type: ignore[return-value]
+    return sp[0], sp[1], sp[2]
 
 
 def bounding_box(pred: np.ndarray, ref: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:

@@ -92,7 +92,14 @@ def postprocess(
         raise ValueError(f"mask must be a (Z, Y, X) bool array, not {mask.shape} {mask.dtype}")
     if len(tuple(spacing)) != 3:
         raise ValueError(f"spacing must be (sz, sy, sx) in mm, not {spacing!r}")
-    out = open_slices(mask, opening_radius)
+    out = np.zeros_like(mask)
+    # Work inside the mask's bounding box: exact, as long as the margin exceeds the opening radius
+    # (nothing grows further than that) and leaves a background ring for the hole filling.
+    box = bounding_box(mask, mask, margin=max(opening_radius, 0) + 1)
+    if box is None:
+        return out
+    crop = open_slices(mask[box], opening_radius)
     if fill_holes:
-        out = fill_slice_holes(out)
-    return keep_large_components(out, spacing, min_component_fraction, min_component_mm3)
+        crop = fill_slice_holes(crop)
+    out[box] = keep_large_components(crop, spacing, min_component_fraction, min_component_mm3)
+    return out

