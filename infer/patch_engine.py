@@ -71,7 +71,8 @@ def zero_patch_logits(model: nn.Module) -> torch.Tensor:
     net = copy.deepcopy(model).eval()
     p = next(net.parameters())
     with torch.inference_mode():
-        return net(torch.zeros(1, 1, PATCH, PATCH, device=p.device, dtype=p.dtype))[0].float().clone()
+        logits = net(torch.zeros(1, 1, PATCH, PATCH, device=p.device, dtype=p.dtype))[0].float()
+    return logits.clone()  # a normal tensor, usable outside inference mode
 
 
 def patch_logits(

@@ -1,0 +1,57 @@
+"""Input discovery: Decathlon folders (with or without _0000) and image,mask CSVs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from patchstore.discover import DiscoveryError, discover
+from patchstore.volume import write_volume
+from tests.conftest import lps_geometry
+
+
+def _touch_volume(path):
+    a = np.zeros((2, 3, 4), np.int16)
+    return write_volume(path, a, lps_geometry(a.shape))
+
+
+def test_decathlon_folder_with_and_without_channel_suffix(tmp_path):
+    """imagesTr/a_0000 and imagesTr/b pair with labelsTr/a and labelsTr/b."""
+    _touch_volume(tmp_path / "imagesTr" / "a_0000.nii.gz")
+    _touch_volume(tmp_path / "imagesTr" / "b.mha")
+    _touch_volume(tmp_path / "labelsTr" / "a.nii.gz")
+    _touch_volume(tmp_path / "labelsTr" / "b.nrrd")
+    cases = discover(tmp_path)
+    assert [(c.case_id, c.image.name, c.mask.name) for c in cases] == [
+        ("a", "a_0000.nii.gz", "a.nii.gz"), ("b", "b.mha", "b.nrrd")]
+
+
+def test_missing_label_is_named(tmp_path):
+    """An image without a label file is refused, naming the case."""
+    _touch_volume(tmp_path / "imagesTr" / "a_0000.nii.gz")
+    _touch_volume(tmp_path / "imagesTr" / "lonely_0000.nii.gz")
+    _touch_volume(tmp_path / "labelsTr" / "a.nii.gz")
+    with pytest.raises(DiscoveryError, match="no label file for case.*lonely"):
+        discover(tmp_path)
+
+
+def test_folder_without_layout_is_refused(tmp_path):
+    """A folder that is neither layout says what it expected."""
+    with pytest.raises(DiscoveryError, match="imagesTr/ \\+ labelsTr/ or a CSV"):
+        discover(tmp_path)
+
+
+def test_csv_paths_relative_to_csv(tmp_path):
+    """CSV rows resolve relative to the CSV's folder; a missing file names the line and column."""
+    _touch_volume(tmp_path / "ct" / "x.nii.gz")
+    _touch_volume(tmp_path / "seg" / "x.nii.gz")
+    csv = tmp_path / "cases.csv"
+    csv.write_text("image,mask\nct/x.nii.gz,seg/x.nii.gz\n")
+    [case] = discover(csv)
+    assert case.case_id == "x" and case.mask == tmp_path / "seg" / "x.nii.gz"
+    csv.write_text("image,mask\nct/x.nii.gz,seg/y.nii.gz\n")
+    with pytest.raises(DiscoveryError, match="line 2: mask 'seg/y.nii.gz' does not exist"):
+        discover(csv)
+    csv.write_text("img,seg\nct/x.nii.gz,seg/x.nii.gz\n")
+    with pytest.raises(DiscoveryError, match="expected a header with 'image' and 'mask'"):
+        discover(csv)
