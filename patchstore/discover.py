@@ -28,7 +28,7 @@ class CasePaths:
     mask: Path
 
 
-def _strip_suffix(name: str) -> str | None:
+def strip_volume_suffix(name: str) -> str | None:
     lower = name.lower()
     for s in sorted(READ_SUFFIXES, key=len, reverse=True):
         if lower.endswith(s):
@@ -42,7 +42,7 @@ def _entries(folder: Path) -> dict[str, Path]:
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
-        stem = p.name if p.is_dir() and is_dicom_dir(p) else _strip_suffix(p.name)
+        stem = p.name if p.is_dir() and is_dicom_dir(p) else strip_volume_suffix(p.name)
         if stem is not None:
             out[stem] = p
     return out
@@ -86,7 +86,7 @@ def discover_csv(path: Path) -> list[CasePaths]:
             if not row[field] or not p.exists():
                 raise DiscoveryError(f"{path}, line {line}: {field} {row[field]!r} does not exist "
                                      f"(resolved to {p}); expected a path relative to the CSV")
-        case_id = row.get("case") or _strip_suffix(image.name) or image.name
+        case_id = row.get("case") or strip_volume_suffix(image.name) or image.name
         if case_id in seen:
             raise DiscoveryError(f"{path}, line {line}: case name {case_id!r} appears twice; expected "
                                  f"unique image names (or a 'case' column)")

@@ -299,17 +299,22 @@ def write_volume(path: str | os.PathLike, array_zyx: np.ndarray, geometry: Geome
     return path
 
 
-def write_mask(path: str | os.PathLike, mask_zyx: np.ndarray, canonical: Geometry,
-               source: Geometry) -> Path:
-    """Write a canonical (Z, Y, X) mask back in the orientation and exact geometry of ``source``.
+def write_oriented(path: str | os.PathLike, array_zyx: np.ndarray, canonical: Geometry,
+                   source: Geometry) -> Path:
+    """Write a canonical (Z, Y, X) array back in the orientation and exact geometry of ``source``.
 
     ``canonical`` and ``source`` are the ``geometry`` and ``source`` of the image it belongs to.
     """
-    image = canonical.apply(sitk.GetImageFromArray(np.ascontiguousarray(mask_zyx, dtype=np.uint8)))
+    image = canonical.apply(sitk.GetImageFromArray(np.ascontiguousarray(array_zyx)))
     oriented = sitk.DICOMOrient(image, source.orientation)
     problems = same_grid_problems(Geometry.of(oriented), source)
     assert not problems, f"reorientation did not restore the source grid: {problems}"
     return write_volume(path, sitk.GetArrayFromImage(oriented), source)
+
+
+def write_mask(path: str | os.PathLike, mask_zyx: np.ndarray, canonical: Geometry, source: Geometry) -> Path:
+    """Write a canonical 0/1 mask as uint8 in the orientation and exact geometry of ``source``."""
+    return write_oriented(path, mask_zyx.astype(np.uint8), canonical, source)
 
 
 # ---------------------------------------------------------------- identity

@@ -1,0 +1,142 @@
+"""`infer` console script: thin click wrappers over infer.predict and infer.metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+LABELS_HELP = "Reference label values that mean vertebra, e.g. 25-50; default: nonzero."
+
+
+def _labels(spec: str | None) -> tuple[int, ...]:
+    from patchstore.volume import parse_labels
+    try:
+        return parse_labels(spec)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _case_name(path: Path) -> str:
+    from patchstore.discover import strip_volume_suffix
+    return strip_volume_suffix(path.name) or path.name
+
+
+def _outputs(inputs: list[Path], out: Path, suffix: str = ".nii.gz", tag: str = "") -> list[Path]:
+    """One input: ``out`` is the file. Several: ``out`` is a folder of <case><tag><suffix>."""
+    if len(inputs) == 1 and not out.is_dir():
+        return [out]
+    names = [_case_name(p) for p in inputs]
+    if len(set(names)) != len(names):
+        raise click.BadParameter(f"inputs share case names {names}; expected distinct names for {out}/")
+    return [out / f"{n}{tag}{suffix}" for n in names]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """Segment vertebrae in CT with a trained OP-convNet: every pixel's 32x32 patch, exactly."""
+
+
+@main.command()
+@click.argument("cts", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("-m", "--model", "checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Checkpoint from `train run`, e.g. runs/NAME/best.pt.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="Output mask file (one CT) or folder (several); format from the extension.")
+@click.option("--engine", type=click.Choice(["dense", "patches"]), default="dense", show_default=True,
+              help="dense: exact fully convolutional rewrite; patches: literal patch extraction (reference).")
+@click.option("--skip-zero/--no-skip-zero", default=True, show_default=True,
+              help="Pixels whose whole patch is zero after windowing get the zero patch's class (exact).")
+@click.option("--batch-slices", default=4, show_default=True, help="Axial slices per batch (bounds memory).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--bf16", is_flag=True, help="bf16 autocast (GPU opt-in; logits then agree only approximately).")
+@click.option("--postprocess/--no-postprocess", default=True, show_default=True,
+              help="Opening, hole filling, large 3-D components (the paper's final step).")
+@click.option("--probabilities", type=click.Path(path_type=Path), default=None,
+              help="Also write the vertebra probability map (file for one CT, folder for several).")
+@click.option("--reference", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Reference mask per CT (repeat in the order of the CTs): prints the paper's metrics.")
+@click.option("--labels", default=None, metavar="SPEC", help=LABELS_HELP)
+@click.option("--tolerance-mm", default=2.0, show_default=True, help="Boundary F1 (BF) matching tolerance.")
+@click.option("--overlay", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write PNGs of a few slices with CT, reference and prediction (like the paper's Fig. 14).")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def volume(cts, checkpoint, out, engine, skip_zero, batch_slices, device, bf16, postprocess, probabilities,
+           reference, labels, tolerance_mm, overlay, as_json, quiet) -> None:
+    """Segment each CT (NIfTI, MHA/MHD, NRRD or a DICOM series folder) into a vertebra mask."""
+    from tqdm import tqdm
+
+    from infer.metrics import format_table, segmentation_metrics
+    from infer.overlay import write_overlays
+    from infer.predict import load_model, pick_device, read_reference, segment
+    from patchstore.volume import VolumeError, read_volume, write_mask, write_oriented
+    if reference and len(reference) != len(cts):
+        raise click.BadParameter(f"{len(reference)} --reference for {len(cts)} CTs; expected one per CT")
+    cts = list(cts)
+    if len(cts) > 1:
+        out.mkdir(parents=True, exist_ok=True)
+    outs = _outputs(cts, out)
+    probs = _outputs(cts, probabilities, tag="_prob") if probabilities else [None] * len(cts)
+    if probabilities and len(cts) > 1:
+        probabilities.mkdir(parents=True, exist_ok=True)
+    try:
+        dev = pick_device(device)
+        model, cfg = load_model(checkpoint, dev)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    report = {}
+    for i, (ct, dst, prob_dst) in enumerate(zip(cts, outs, probs)):
+        try:
+            vol = read_volume(ct)
+            ref = read_reference(reference[i], vol, _labels(labels)) if reference else None
+        except VolumeError as e:
+            raise click.ClickException(str(e)) from None
+        with tqdm(total=vol.array.shape[0], desc=_case_name(ct), unit="slice", disable=quiet) as bar:
+            pred = segment(model, cfg, vol, postprocess_on=postprocess, engine=engine, skip_zero=skip_zero,
+                           batch_slices=batch_slices, device=dev, bf16=bf16, progress=bar.update)
+        write_mask(dst, pred.mask, vol.geometry, vol.source)
+        if prob_dst:
+            write_oriented(prob_dst, pred.probability, vol.geometry, vol.source)
+        pixels = vol.array.size
+        entry = {"output": str(dst), "seconds": round(pred.seconds, 3),
+                 "pixels_per_s": round(pixels / pred.seconds), "skipped_fraction": round(pred.skipped_fraction, 4)}
+        if not quiet and not as_json:
+            click.echo(f"{ct} -> {dst}: {pred.seconds:.1f} s, {pixels / pred.seconds:,.0f} pixels/s, "
+                       f"{pred.skipped_fraction:.1%} of pixels skipped (all-zero patch)")
+        if ref is not None:
+            sp = vol.geometry.spacing_zyx
+            entry["metrics"] = segmentation_metrics(pred.mask, ref, sp, tolerance_mm)
+            if postprocess:
+                entry["metrics_raw"] = segmentation_metrics(pred.raw, ref, sp, tolerance_mm)
+            if not as_json:
+                click.echo(format_table(entry["metrics"], title=f"{_case_name(ct)} vs {reference[i]}"))
+        if overlay:
+            write_overlays(overlay / _case_name(ct), vol.array, pred.mask, ref, vol.geometry.spacing_zyx)
+        report[str(ct)] = entry
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=float))
+
+
+@main.command()
+@click.argument("pred", type=click.Path(exists=True, path_type=Path))
+@click.argument("ref", type=click.Path(exists=True, path_type=Path))
+@click.option("--labels", default=None, metavar="SPEC", help=LABELS_HELP)
+@click.option("--pred-labels", default=None, metavar="SPEC", help="Label values of PRED that mean vertebra; default nonzero.")
+@click.option("--tolerance-mm", default=2.0, show_default=True, help="Boundary F1 (BF) matching tolerance.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
+def evaluate(pred, ref, labels, pred_labels, tolerance_mm, as_json) -> None:
+    """Compare a predicted mask PRED with a reference REF (same grid): DSC, JAC, SEN, PRE, SPE, ACC, BF, HD95, ASSD."""
+    from infer.metrics import format_table, segmentation_metrics
+    from infer.predict import read_reference
+    from patchstore.volume import VolumeError, read_volume
+    try:
+        p = read_volume(pred, dtype=None)
+        r = read_reference(ref, p, _labels(labels))
+    except VolumeError as e:
+        raise click.ClickException(str(e)) from None
+    from patchstore.volume import binarize
+    m = segmentation_metrics(binarize(p.array, _labels(pred_labels)).astype(bool), r, p.geometry.spacing_zyx,
+                             tolerance_mm)
+    click.echo(json.dumps(m, indent=2, default=float) if as_json else format_table(m, title=f"{pred} vs {ref}"))

