@@ -62,10 +62,11 @@ class BuildConfig:
         return (1 + len(self.angles)) * (1 + self.translations)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """JSON-shaped (tuples as lists), so it compares equal to what a shard or manifest stores."""
+        return json.loads(self.to_json())
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "BuildConfig":

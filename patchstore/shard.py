@@ -57,6 +57,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 def temp_path(final: Path) -> Path:
     """A unique temporary name beside ``final`` (same folder, so rename is atomic)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would make shared shard folders unreadable to others
     os.close(fd)
     return Path(tmp)
 
@@ -105,10 +106,11 @@ class ShardWriter:
         f = self._file
         opts = dict(compression="gzip", compression_opts=self.compression, shuffle=True,
                     fletcher32=True, track_times=False)
-        f.create_dataset("patches", data=patches, chunks=(max(1, min(n, CHUNK_PATCHES)),) + patches.shape[1:],
-                         **opts)
-        f.create_dataset("labels", data=labels.astype(np.uint8), chunks=(max(1, min(n, 1 << 16)),), **opts)
-        f.create_dataset("origin", data=origin.astype(np.int32), chunks=(max(1, min(n, 1 << 14)), 4), **opts)
+        # maxshape None along N lets an empty shard (a volume without vertebra) keep a valid chunk shape
+        for name, data, rows in (("patches", patches, CHUNK_PATCHES), ("labels", labels.astype(np.uint8), 1 << 16),
+                                 ("origin", origin.astype(np.int32), 1 << 14)):
+            f.create_dataset(name, data=data, chunks=(max(1, min(n, rows)),) + data.shape[1:],
+                             maxshape=(None,) + data.shape[1:], **opts)
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["tool_version"] = tool_version()
         for key in sorted(self.attrs):

@@ -50,6 +50,19 @@ def tiny_dataset(tmp_path: Path, rng: np.random.Generator) -> Path:
     return root
 
 
+@pytest.fixture
+def build_dataset(tmp_path: Path) -> Path:
+    """A Decathlon-layout folder with three cases big enough for both patch classes at stride 12."""
+    rng = np.random.default_rng(7)
+    root = tmp_path / "data"
+    for i in range(3):
+        img, mask = bone_volume(rng, shape=(5, 72, 76))
+        g = lps_geometry(img.shape)
+        write_volume(root / "imagesTr" / f"case{i}_0000.nii.gz", img, g)
+        write_volume(root / "labelsTr" / f"case{i}.nii.gz", mask, g)
+    return root
+
+
 @pytest.fixture(scope="session")
 def phantom_dataset(tmp_path_factory) -> Path:
     """Four small phantom cases (shared by the build, train and infer tests; read-only)."""

@@ -1,0 +1,184 @@
+"""`patchstore build`: schema, determinism across runs/workers/resumes, parts + merge, failures."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from patchstore import build as build_mod
+from patchstore.build import BuildError, build, parse_part
+from patchstore.cli import main
+from patchstore.config import BuildConfig
+from patchstore.merge import MergeError, merge
+from patchstore.shard import ShardWriter, read_manifest
+from patchstore.verify import verify
+from patchstore.volume import write_volume
+from tests.conftest import lps_geometry
+
+CFG = BuildConfig(angles=(-10.0,), translations=1)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_shard_schema_readable_with_plain_h5py(build_dataset, tmp_path):
+    """Datasets, dtypes, filters, chunking and attributes are as documented; counts match the manifest."""
+    out = tmp_path / "shards"
+    build(build_dataset, out, CFG, quiet=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["file"] for e in manifest["shards"]] == ["case0.h5", "case1.h5", "case2.h5"]
+    entry = manifest["shards"][0]
+    with h5py.File(out / "case0.h5", "r") as f:
+        p, lab, org = f["patches"], f["labels"], f["origin"]
+        assert p.dtype == np.uint8 and p.shape[1:] == (32, 32) and lab.dtype == np.uint8 and org.dtype == np.int32
+        assert org.shape == (p.shape[0], 4) and p.shape[0] == entry["patches"] > 0
+        assert p.compression == "gzip" and p.shuffle and p.fletcher32 and p.chunks[1:] == (32, 32)
+        assert json.loads(f.attrs["build"]) == CFG.to_dict()
+        assert f.attrs["source_image"] == "imagesTr/case0_0000.nii.gz"
+        assert len(f.attrs["image_sha256"]) == 64
+        before, after = list(f.attrs["counts_before"]), list(f.attrs["counts_after"])
+        assert list(np.bincount(lab[:], minlength=2)) == after == entry["counts"]
+        assert after[1] == before[1] and after[0] == min(before[0], after[1])  # RUS 1:1, minority kept
+        assert set(org[:, 3]) <= set(range(CFG.n_views))
+
+
+def test_same_inputs_same_bytes_any_worker_count(build_dataset, tmp_path):
+    """Two builds, one with 2 worker processes, give byte-identical shards and manifests."""
+    build(build_dataset, tmp_path / "a", CFG, quiet=True)
+    build(build_dataset, tmp_path / "b", CFG, workers=2, quiet=True)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+
+
+def test_resume_after_crash_equals_uninterrupted(build_dataset, tmp_path, monkeypatch):
+    """A build that dies writing the second volume leaves no partial shard or manifest; rerun completes it."""
+    build(build_dataset, tmp_path / "full", CFG, quiet=True)
+    calls = {"n": 0}
+    real_write = ShardWriter.write
+
+    def dying_write(self, *a):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_write(self, *a)
+
+    monkeypatch.setattr(ShardWriter, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        build(build_dataset, tmp_path / "crash", CFG, quiet=True)
+    assert sorted(p.name for p in (tmp_path / "crash").iterdir()) == ["case0.h5"]
+    (tmp_path / "crash" / ".case1.h5.abc.tmp").write_bytes(b"half a shard")  # as kill -9 would leave
+    monkeypatch.setattr(ShardWriter, "write", real_write)
+    result = build(build_dataset, tmp_path / "crash", CFG, quiet=True)
+    assert result.skipped == ["case0"] and result.built == ["case1", "case2"]
+    assert _files(tmp_path / "crash") == _files(tmp_path / "full")
+
+
+def test_parts_merge_into_the_single_machine_build(build_dataset, tmp_path):
+    """--part 1/2 and 2/2 built apart and merged equal one build of everything."""
+    build(build_dataset, tmp_path / "full", CFG, quiet=True)
+    for k in (1, 2):
+        build(build_dataset, tmp_path / f"part{k}", CFG, part=(k, 2), quiet=True)
+    n1 = len(read_manifest(tmp_path / "part1")["shards"])
+    n2 = len(read_manifest(tmp_path / "part2")["shards"])
+    assert n1 + n2 == 3
+    merge([tmp_path / "part1", tmp_path / "part2"], tmp_path / "merged")
+    assert _files(tmp_path / "merged") == _files(tmp_path / "full")
+    assert verify(tmp_path / "merged") == []
+
+
+def test_merge_refuses_different_parameters(build_dataset, tmp_path):
+    """Shard sets built with different parameters are refused, naming the differing fields."""
+    build(build_dataset, tmp_path / "a", CFG, part=(1, 2), quiet=True)
+    build(build_dataset, tmp_path / "b", BuildConfig(angles=(-10.0,), translations=1, stride=16), part=(2, 2),
+          quiet=True)
+    with pytest.raises(MergeError, match=r"different parameters \(stride=12 vs 16\)"):
+        merge([tmp_path / "a", tmp_path / "b"], tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+def test_output_folder_with_other_parameters_refused(build_dataset, tmp_path):
+    """Building into a folder made with other parameters is refused, naming the fields."""
+    build(build_dataset, tmp_path / "s", CFG, quiet=True)
+    with pytest.raises(BuildError, match=r"differing: seed=0 there, 1 now"):
+        build(build_dataset, tmp_path / "s", BuildConfig(angles=(-10.0,), translations=1, seed=1), quiet=True)
+
+
+def test_split_shards_hold_the_same_patches(build_dataset, tmp_path):
+    """A tiny --shard-mb splits each volume into parts whose concatenation equals the single shard."""
+    build(build_dataset, tmp_path / "one", CFG, quiet=True)
+    small = BuildConfig(angles=(-10.0,), translations=1, shard_mb=0.05)
+    build(build_dataset, tmp_path / "many", small, quiet=True)
+    parts = sorted((tmp_path / "many").glob("case0-p*.h5"))
+    assert len(parts) >= 2
+    with h5py.File(tmp_path / "one" / "case0.h5", "r") as f:
+        whole = f["patches"][:]
+    joined = np.concatenate([h5py.File(p, "r")["patches"][:] for p in parts])
+    np.testing.assert_array_equal(joined, whole)
+    assert verify(tmp_path / "many") == []
+
+
+def _break_case1(root: Path) -> None:
+    a = np.zeros((5, 72, 76), np.uint8)
+    write_volume(root / "labelsTr" / "case1.nii.gz", a, lps_geometry(a.shape, spacing=(1, 1, 1)))
+
+
+def test_bad_volume_stops_or_is_listed_with_keep_going(build_dataset, tmp_path):
+    """A bad volume stops the build naming the file; --keep-going builds the others and lists it."""
+    _break_case1(build_dataset)
+    with pytest.raises(BuildError, match=r"case1.nii.gz does not cover the grid.*spacing"):
+        build(build_dataset, tmp_path / "a", CFG, quiet=True)
+    result = build(build_dataset, tmp_path / "b", CFG, keep_going=True, quiet=True)
+    assert result.built == ["case0", "case2"] and [c for c, _ in result.failed] == ["case1"]
+    assert [e["file"] for e in read_manifest(tmp_path / "b")["shards"]] == ["case0.h5", "case2.h5"]
+
+
+def test_full_disk_gives_clear_error_and_keeps_earlier_shards(build_dataset, tmp_path, monkeypatch):
+    """ENOSPC while writing a shard names the disk problem; shards written before stay intact."""
+    calls = {"n": 0}
+    real_write = ShardWriter.write
+
+    def full_disk(self, *a):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, *a)
+
+    monkeypatch.setattr(ShardWriter, "write", full_disk)
+    with pytest.raises(BuildError, match="disk full .*case1_0000.nii.gz.*run the same command to resume"):
+        build(build_dataset, tmp_path / "s", CFG, quiet=True)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["case0.h5"]
+    with h5py.File(tmp_path / "s" / "case0.h5", "r") as f:
+        assert f["patches"].shape[0] > 0
+
+
+def test_parse_part():
+    """K/N parses; nonsense is refused with the expected form."""
+    assert parse_part("2/3") == (2, 3)
+    with pytest.raises(ValueError, match="expected K/N"):
+        parse_part("4/3")
+
+
+def test_cli_build_info_verify_merge(build_dataset, tmp_path):
+    """The commands run through click: build, info (table and JSON), verify, merge."""
+    r = CliRunner()
+    args = ["build", str(build_dataset), "--angles", "", "--translations", "0", "--quiet"]
+    res = r.invoke(main, args + ["-o", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "3 shards" in res.output and "built 3, already complete 0" in res.output
+    res = r.invoke(main, args + ["-o", str(tmp_path / "s")])
+    assert "built 0, already complete 3" in res.output
+    info = r.invoke(main, ["info", str(tmp_path / "s")])
+    assert info.exit_code == 0 and "total (3 shards)" in info.output and "stride" in info.output
+    js = json.loads(r.invoke(main, ["info", str(tmp_path / "s"), "--json"]).output)
+    assert js["build"]["translations"] == 0 and js["build"]["angles"] == []
+    assert r.invoke(main, ["verify", str(tmp_path / "s")]).exit_code == 0
+    res = r.invoke(main, ["merge", str(tmp_path / "s"), "-o", str(tmp_path / "m")])
+    assert res.exit_code == 0 and (tmp_path / "m" / "manifest.json").exists()
+    bad = r.invoke(main, ["build", str(build_dataset), "-o", str(tmp_path / "x"), "--ratio", "one:1"])
+    assert bad.exit_code != 0 and "MINORITY:MAJORITY" in bad.output

@@ -1,0 +1,264 @@
+"""Shards -> one device-resident tensor, and the train / validation split.
+
+    manifest.json ── checked: format version, every file's size (--verify: full patchstore verify)
+    a.h5 patches (Na, 32, 32) ─┐   every shard's attrs 'build' must equal the manifest's
+    b.h5 patches (Nb, 32, 32) ─┼─> x (N, 32, 32) uint8|float16  on the device (GPU when there is one)
+    ...                        ┘   y (N,) int64                 on the device
+                                   origin (N, 4) int32, volume (N,) int64   NumPy, for the split
+
+    one batch: x[idx] -> float32 (/255 for uint8, as patchstore.preprocess.to_unit) -> (B, 1, 32, 32)
+
+Everything is read once, before training: no DataLoader workers, no HDF5 reads in the loop.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from patchstore.config import differing_fields
+from patchstore.shard import MANIFEST, ShardError, ShardReader, file_sha256, read_manifest
+from patchstore.verify import verify
+from train.model import PATCH
+
+EXACT_SEARCH_MAX_VOLUMES = 16  # 2**16 subsets: exact in milliseconds; beyond that, greedy
+RESERVE_BYTES = 1 << 30  # left free for the model, activations and the runtime
+TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16}
+
+
+class DataError(ValueError):
+    """Shards that can't be trained on: the message names the file, the field and the values."""
+
+
+@dataclass(frozen=True)
+class PatchSet:
+    """All patches of a shard folder, in manifest order (shard by shard)."""
+
+    x: torch.Tensor  # (N, n, n) uint8 | float16, on the device
+    y: torch.Tensor  # (N,) int64, on the device
+    origin: np.ndarray  # (N, 4) int32: slice z, row, col, view
+    volume: np.ndarray  # (N,) int64: index into ``volumes``
+    volumes: tuple[str, ...]  # volume keys, first appearance order
+    files: tuple[str, ...]  # shard file names, load order
+    build: dict  # the manifest's build parameters
+    manifest_sha256: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def check_manifest(folder: str | os.PathLike, full_verify: bool = False) -> dict:
+    """The folder's manifest, after checking that every listed shard is present with its size."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if full_verify:
+        problems = verify(folder)
+        if problems:
+            raise DataError(f"{folder}: `patchstore verify` found {len(problems)} problem(s):\n  "
+                            + "\n  ".join(problems))
+    for entry in manifest["shards"]:
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise DataError(f"{path}: missing (listed in {folder / MANIFEST})")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise DataError(f"{path}: {size:,} bytes; the manifest says {entry['bytes']:,} "
+                            f"(truncated or altered: run `patchstore verify {folder}`)")
+    if not manifest["shards"]:
+        raise DataError(f"{folder / MANIFEST}: lists no shards")
+    return manifest
+
+
+def check_build(path: str | os.PathLike, found: dict, expected: dict, what: str = "the manifest's") -> None:
+    """Refuse a shard built with parameters other than ``expected``, naming the fields."""
+    fields = differing_fields(found, expected)
+    if fields:
+        detail = ", ".join(f"{k}={found.get(k)!r} (expected {expected.get(k)!r})" for k in fields)
+        raise DataError(f"{path}: built with parameters other than {what}: {detail}")
+
+
+def needed_bytes(manifest: dict) -> int:
+    """Device memory for all patches (stored dtype) and their int64 labels."""
+    build = manifest["build"]
+    itemsize = np.dtype(build["dtype"]).itemsize
+    n = sum(e["patches"] for e in manifest["shards"])
+    return n * (build["patch"] ** 2 * itemsize + 8)
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory: torch.cuda.mem_get_info on CUDA, MemAvailable (Linux) or total RAM on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(needed: int, device: torch.device) -> None:
+    free = available_bytes(device)
+    if needed + RESERVE_BYTES > free:
+        where = f"GPU {device}" if device.type == "cuda" else "RAM"
+        raise DataError(f"the patches need {needed / 2**30:.2f} GiB (+{RESERVE_BYTES / 2**30:.0f} GiB reserve) "
+                        f"but only {free / 2**30:.2f} GiB of {where} is free; train on a subset of the "
+                        f"shards (a folder with fewer volumes) or on a device with more memory")
+
+
+def load_shards(folder: str | os.PathLike, device: torch.device, full_verify: bool = False,
+                log: Callable[[str], None] = print) -> PatchSet:
+    """Check the shard folder, then read every shard once into one tensor on ``device``."""
+    folder = Path(folder)
+    manifest = check_manifest(folder, full_verify)
+    build = manifest["build"]
+    if build["patch"] != PATCH:
+        raise DataError(f"{folder / MANIFEST}: patches are {build['patch']}x{build['patch']}; "
+                        f"OP-convNet takes {PATCH}x{PATCH}")
+    needed = needed_bytes(manifest)
+    log(f"loading {sum(e['patches'] for e in manifest['shards']):,} patches from "
+        f"{len(manifest['shards'])} shard(s): {needed / 2**20:,.1f} MiB on {device}")
+    check_memory(needed, device)
+    n_total = sum(e["patches"] for e in manifest["shards"])
+    x = torch.empty((n_total, PATCH, PATCH), dtype=TORCH_DTYPES[build["dtype"]], device=device)
+    y = np.empty(n_total, dtype=np.int64)
+    origin = np.empty((n_total, 4), dtype=np.int32)
+    volume = np.empty(n_total, dtype=np.int64)
+    volumes: list[str] = []
+    start = 0
+    for entry in manifest["shards"]:
+        path = folder / entry["file"]
+        with ShardReader(path) as r:
+            check_build(path, r.attrs.get("build"), build)
+            n = len(r.labels)
+            if n != entry["patches"]:
+                raise DataError(f"{path}: holds {n} patches; the manifest says {entry['patches']}")
+            part = slice(start, start + n)
+            if device.type == "cpu":  # read straight into the tensor's memory: no extra copy
+                r.patches.read_direct(x.numpy(), dest_sel=np.s_[part])
+            else:
+                x[part].copy_(torch.from_numpy(r.patches[:]))
+            y[part] = r.labels[:]
+            origin[part] = r.origin[:]
+            key = r.attrs["volume_key"]
+        if key not in volumes:
+            volumes.append(key)
+        volume[part] = volumes.index(key)
+        start += n
+    return PatchSet(x=x, y=torch.from_numpy(y).to(device), origin=origin, volume=volume,
+                    volumes=tuple(volumes), files=tuple(e["file"] for e in manifest["shards"]),
+                    build=build, manifest_sha256=file_sha256(folder / MANIFEST))
+
+
+def batch_input(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Gather patches ``idx`` (B,) of ``x`` (N, n, n) on its device -> (B, 1, n, n) float32 in [0, 1]."""
+    b = x[idx]
+    b = b.float().div_(255) if b.dtype == torch.uint8 else b.float()
+    return b.unsqueeze(1)
+
+
+# ---------------------------------------------------------------- split
+
+
+def choose_volumes(counts: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """(V,) bool: the validation volumes, whose patch count comes closest to ``fraction`` of all.
+
+    Exact search over every proper subset for up to EXACT_SEARCH_MAX_VOLUMES volumes (ties broken
+    by ``rng``); beyond that greedy: largest volumes first (random order among equal sizes), each
+    taken when it brings the sum closer to the target. Both sides get at least one volume.
+    """
+    v = len(counts)
+    target = fraction * counts.sum()
+    if v <= EXACT_SEARCH_MAX_VOLUMES:
+        masks = (np.arange(1, 2**v - 1)[:, None] >> np.arange(v)) & 1
+        err = np.abs(masks @ counts - target)
+        return masks[rng.choice(np.flatnonzero(err == err.min()))].astype(bool)
+    order = rng.permutation(v)
+    order = order[np.argsort(-counts[order], kind="stable")]
+    take, total = np.zeros(v, dtype=bool), 0
+    for i in order:
+        if abs(total + counts[i] - target) < abs(total - target):
+            take[i], total = True, total + counts[i]
+    if not take.any():
+        take[order[-1]] = True
+    if take.all():
+        take[order[-1]] = False
+    return take
+
+
+def choose_slices(z: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[int, int]:
+    """The contiguous range [z0, z1] of slices whose patch count comes closest to ``fraction``.
+
+    ``z`` (N,) holds each patch's source slice; all views of a slice stay on one side.
+    """
+    slices, counts = np.unique(z, return_counts=True)
+    c = np.concatenate([[0], np.cumsum(counts)])
+    s = len(slices)
+    i, j = np.triu_indices(s + 1, k=1)  # block of slices [i, j)
+    keep = ~((i == 0) & (j == s))
+    i, j = i[keep], j[keep]
+    err = np.abs(c[j] - c[i] - fraction * c[-1])
+    k = rng.choice(np.flatnonzero(err == err.min()))
+    return int(slices[i[k]]), int(slices[j[k] - 1])
+
+
+def split_patches(ps: PatchSet, by: str, fraction: float, seed: int) -> dict:
+    """Train / validation indices (sorted (M,) int64 arrays) and a record of how they were chosen.
+
+    by="volume": each source volume wholly on one side (one volume: contiguous slice ranges);
+    by="patch": the paper's random split of all patches.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(ps)
+    if n < 2:
+        raise DataError(f"{n} patch(es); a train / validation split needs at least 2")
+    out = {"by": by, "note": None}
+    if by == "volume" and len(ps.volumes) > 1:
+        counts = np.bincount(ps.volume, minlength=len(ps.volumes))
+        val_vol = choose_volumes(counts, fraction, rng)
+        is_val = val_vol[ps.volume]
+        out["val_volumes"] = [k for k, t in zip(ps.volumes, val_vol) if t]
+        out["train_volumes"] = [k for k, t in zip(ps.volumes, val_vol) if not t]
+    elif by == "volume" and len(np.unique(ps.origin[:, 0])) > 1:
+        z0, z1 = choose_slices(ps.origin[:, 0], fraction, rng)
+        is_val = (ps.origin[:, 0] >= z0) & (ps.origin[:, 0] <= z1)
+        out.update(by="slices", val_slices=[z0, z1],
+                   note=f"only one volume in the shards: split by slice ranges instead, validation = "
+                        f"slices {z0}..{z1}")
+    else:
+        if by == "volume":
+            out["note"] = "only one volume and one slice in the shards: split patches at random instead"
+        out["by"] = "patch"
+        n_val = min(max(1, round(fraction * n)), n - 1)
+        is_val = np.zeros(n, dtype=bool)
+        is_val[rng.permutation(n)[:n_val]] = True
+    out["train"] = np.flatnonzero(~is_val)
+    out["val"] = np.flatnonzero(is_val)
+    return out
+
+
+def split_record(split: dict, ps: PatchSet, fraction: float, seed: int) -> dict:
+    """split.json: how the split was made, which volumes / slices / indices on each side, counts."""
+    y = ps.y.cpu().numpy()
+    record = {"by": split["by"], "val_fraction": fraction, "seed": seed, "note": split["note"],
+              "shards": list(ps.files), "index_order": "patches in shard order, then in file order"}
+    for side in ("train", "val"):
+        idx = split[side]
+        record[side] = {"patches": int(len(idx)),
+                        "counts": [int(c) for c in np.bincount(y[idx], minlength=2)[:2]]}
+        if f"{side}_volumes" in split:
+            record[side]["volumes"] = split[f"{side}_volumes"]
+    if split["by"] == "slices":
+        record["val"]["slices"] = split["val_slices"]
+        record["train"]["slices"] = "all others"
+    if split["by"] == "patch":
+        record["val"]["indices"] = split["val"].tolist()
+        record["train"]["indices"] = "all others"
+    return record
