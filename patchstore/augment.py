@@ -68,6 +68,12 @@ def slice_maps(angles: np.ndarray, shifts: np.ndarray, shape: tuple[int, int]) -
     return np.stack([affine_map(a, s, shape) for a, s in zip(angles, shifts)])
 
 
+def volume_maps(cfg: BuildConfig, shifts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(Z, n_views, 2, 3) float64 maps of every view of every slice from (Z, n_views, 2) shifts."""
+    angles = view_angles(cfg)
+    return np.ascontiguousarray(np.stack([slice_maps(angles, s, shape) for s in shifts]).reshape(shifts.shape[:2] + (2, 3)))
+
+
 def is_identity(m: np.ndarray) -> bool:
     """True when the (2, 3) map is exactly the identity (the view is the slice itself)."""
     return bool(np.array_equal(m, IDENTITY))

@@ -13,6 +13,15 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(cache=True)
+def window_slice(hu, hu_min, hu_max, out):
+    """``window_scale`` of one (H, W) float32 slice."""
+    for i in range(hu.shape[0]):
+        for j in range(hu.shape[1]):
+            v = hu[i, j]
+            out[i, j] = v / hu_max if (v >= hu_min and v <= hu_max) else np.float32(0.0)
+
+
 @njit(cache=True, parallel=True)
 def window_scale(hu, hu_min, hu_max, out):
     """HU outside [hu_min, hu_max] -> 0, the rest divided by hu_max.
@@ -32,43 +41,50 @@ def window_scale(hu, hu_min, hu_max, out):
                 out[z, i, j] = np.float32(0.0)
 
 
-@njit(cache=True, parallel=True)
-def smooth_slices(x, w, out):
-    """Separable correlation of every axial slice with ``w``, zeros outside the slice.
+@njit(cache=True)
+def smooth_slice(x, w, out):
+    """Separable correlation of one slice with ``w``, zeros outside the slice.
 
-    x, out: (Z, H, W) float32; w: (2r+1,) float64 (symmetric Gaussian weights). Rows first,
-    then columns; sums in float64, the intermediate stored as float32, as
+    x, out: (H, W) float32; w: (2r+1,) float64 (symmetric Gaussian weights). Rows first, then
+    columns; sums in float64, the intermediate stored as float32, as
     ``scipy.ndimage.gaussian_filter`` does:
 
-        tmp[i, j] = sum_k w[k] * x[z, i + k - r, j]        (rows outside the slice are 0)
-        out[z, i, j] = sum_k w[k] * tmp[i, j + k - r]      (tmp is stored with r zero columns
+        tmp[i, j] = sum_k w[k] * x[i + k - r, j]           (rows outside the slice are 0)
+        out[i, j] = sum_k w[k] * tmp[i, j + k - r]         (tmp is stored with r zero columns
                                                             on each side: tmp_pad[i, j + k])
     """
-    nz, nh, nw = x.shape
+    nh, nw = x.shape
     nk = w.shape[0]
     r = (nk - 1) // 2
     tmp = np.zeros((nh, nw + 2 * r), np.float32)
-    for z in range(nz):
-        for i in prange(nh):
-            acc = np.zeros(nw, np.float64)
-            for k in range(max(0, r - i), min(nk, nh - i + r)):
-                wk = w[k]
-                row = i + k - r
-                for j in range(nw):
-                    acc[j] += wk * x[z, row, j]
+    acc = np.empty(nw, np.float64)
+    for i in range(nh):
+        acc[:] = 0.0
+        for k in range(max(0, r - i), min(nk, nh - i + r)):
+            wk = w[k]
+            row = i + k - r
             for j in range(nw):
-                tmp[i, j + r] = acc[j]
-        for i in prange(nh):
-            acc = np.zeros(nw, np.float64)
-            for k in range(nk):
-                wk = w[k]
-                for j in range(nw):
-                    acc[j] += wk * tmp[i, j + k]
+                acc[j] += wk * x[row, j]
+        for j in range(nw):
+            tmp[i, j + r] = acc[j]
+    for i in range(nh):
+        acc[:] = 0.0
+        for k in range(nk):
+            wk = w[k]
             for j in range(nw):
-                out[z, i, j] = acc[j]
+                acc[j] += wk * tmp[i, j + k]
+        for j in range(nw):
+            out[i, j] = acc[j]
 
 
 @njit(cache=True, parallel=True)
+def smooth_slices(x, w, out):
+    """``smooth_slice`` on every slice, slices split over threads. x, out: (Z, H, W) float32."""
+    for z in prange(x.shape[0]):
+        smooth_slice(x[z], w, out[z])
+
+
+@njit(cache=True)
 def resample_bilinear(src, m, out):
     """Bilinear affine resampling of one slice, zero outside it.
 
@@ -81,7 +97,7 @@ def resample_bilinear(src, m, out):
     """
     nh, nw = src.shape
     oh, ow = out.shape
-    for i in prange(oh):
+    for i in range(oh):
         for j in range(ow):
             y = m[0, 0] * i + m[0, 1] * j + m[0, 2]
             x = m[1, 0] * i + m[1, 1] * j + m[1, 2]
@@ -106,7 +122,7 @@ def resample_bilinear(src, m, out):
             out[i, j] = acc
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def resample_nearest(src, m, out):
     """Nearest-neighbour affine resampling of one slice, zero outside it.
 
@@ -115,7 +131,7 @@ def resample_nearest(src, m, out):
     """
     nh, nw = src.shape
     oh, ow = out.shape
-    for i in prange(oh):
+    for i in range(oh):
         for j in range(ow):
             y = m[0, 0] * i + m[0, 1] * j + m[0, 2]
             x = m[1, 0] * i + m[1, 1] * j + m[1, 2]
@@ -184,6 +200,74 @@ def gather_f32(src, rows, cols, out):
         for i in range(n):
             for j in range(n):
                 out[k, i, j] = src[r + i, c + j]
+
+
+@njit(cache=True)
+def is_identity_map(m):
+    """True when the (2, 3) float64 map is exactly the identity."""
+    return m[0, 0] == 1.0 and m[0, 1] == 0.0 and m[0, 2] == 0.0 and m[1, 0] == 0.0 and m[1, 1] == 1.0 and m[1, 2] == 0.0
+
+
+@njit(cache=True, parallel=True)
+def volume_labels(mask, maps, n, stride, out):
+    """Pass 1 of the build: labels of every grid patch of every view of every slice.
+
+    mask: (Z, H, W) uint8 0/1; maps: (Z, V, 2, 3) float64 (see ``resample_bilinear``);
+    out: (Z, V, Gr, Gc) uint8, 1 iff the patch count * 2 > n * n. (slice, view) pairs are split
+    over threads; an identity map counts the slice itself.
+    """
+    nz, nv = maps.shape[0], maps.shape[1]
+    nh, nw = mask.shape[1], mask.shape[2]
+    for zv in prange(nz * nv):
+        z = zv // nv
+        v = zv % nv
+        counts = np.empty((out.shape[2], out.shape[3]), np.int32)
+        if is_identity_map(maps[z, v]):
+            grid_counts(mask[z], n, stride, counts)
+        else:
+            view = np.empty((nh, nw), np.uint8)
+            resample_nearest(mask[z], maps[z, v], view)
+            grid_counts(view, n, stride, counts)
+        for a in range(counts.shape[0]):
+            for b in range(counts.shape[1]):
+                out[z, v, a, b] = 1 if counts[a, b] * 2 > n * n else 0
+
+
+@njit(cache=True, parallel=True)
+def volume_patches(image, hu_min, hu_max, w, maps, slice_pairs, pair_bounds, pair_view, rows, cols, quantize, out):
+    """Pass 2 of the build: window + smooth + resample + crop the kept patches of some slices.
+
+    image: (S, H, W) float32 HU, the slices holding kept patches; hu_min, hu_max: float32;
+    w: (2r+1,) float64 Gaussian taps (length 1 = no smoothing); maps: (S, V, 2, 3) float64.
+    The kept patches are grouped by slice, then by view, CSR style:
+
+        slice s owns pairs    p in [slice_pairs[s], slice_pairs[s+1])
+        pair p is view        pair_view[p], owning patches k in [pair_bounds[p], pair_bounds[p+1])
+        patch k               top-left (rows[k], cols[k]) -> out[k]
+
+    out: (K, n, n) uint8 (quantize=True: round(x * 255)) or float32 (quantize=False).
+    Slices are split over threads; each holds three (H, W) float32 scratch slices.
+    """
+    nh, nw = image.shape[1], image.shape[2]
+    for s in prange(image.shape[0]):
+        win = np.empty((nh, nw), np.float32)
+        window_slice(image[s], hu_min, hu_max, win)
+        pre = win
+        if w.shape[0] > 1:
+            pre = np.empty((nh, nw), np.float32)
+            smooth_slice(win, w, pre)
+        view = np.empty((nh, nw), np.float32)
+        for p in range(slice_pairs[s], slice_pairs[s + 1]):
+            m = maps[s, pair_view[p]]
+            src = pre
+            if not is_identity_map(m):
+                resample_bilinear(pre, m, view)
+                src = view
+            k0, k1 = pair_bounds[p], pair_bounds[p + 1]
+            if quantize:
+                gather_u8(src, rows[k0:k1], cols[k0:k1], out[k0:k1])
+            else:
+                gather_f32(src, rows[k0:k1], cols[k0:k1], out[k0:k1])
 
 
 def check_array(name: str, a: np.ndarray, dtype, ndim: int) -> None:

@@ -44,6 +44,21 @@ def grid_counts(mask: np.ndarray, n: int, stride: int) -> np.ndarray:
     return out
 
 
+def volume_labels(mask: np.ndarray, maps: np.ndarray, n: int, stride: int) -> np.ndarray:
+    """(Z, H, W) uint8 0/1 mask and (Z, V, 2, 3) float64 view maps -> (Z, V, Gr, Gc) uint8 labels.
+
+    The label of every grid patch of every (nearest-neighbour) mask view; views are never kept.
+    """
+    kernels.check_array("mask", mask, np.uint8, 3)
+    kernels.check_array("maps", maps, np.float64, 4)
+    if maps.shape[0] != mask.shape[0] or maps.shape[2:] != (2, 3):
+        raise ValueError(f"maps must have shape ({mask.shape[0]}, V, 2, 3), got {maps.shape}")
+    out = np.zeros(maps.shape[:2] + grid_shape(mask.shape[1:], n, stride), np.uint8)
+    if out.size:
+        kernels.volume_labels(mask, maps, n, stride, out)
+    return out
+
+
 def label_rule(counts: np.ndarray, n: int) -> np.ndarray:
     """Foreground pixel counts -> uint8 labels, 1 iff count > n*n/2."""
     return (np.asarray(counts) * 2 > n * n).astype(np.uint8)

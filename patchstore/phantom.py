@@ -256,7 +256,7 @@ def _paint_lungs(tissue: np.ndarray, lay: _Layout) -> None:
     dome = np.sqrt(np.clip((z - lay.levels["lungs"]) / (0.15 * (lay.zs[-1] + lay.dz)), 1e-4, 1))
     u = np.abs(x - cx) - 0.52 * ra
     lung = _ellipse(u, y - cy - 0.05 * rb, 0.44 * ra * dome, 0.82 * rb * dome) < 0
-    heart = (np.abs(x - cx) < 0.3 * ra) & (y - cy < 0.1 * rb)
+    heart = _ellipse(x - cx - 0.1 * ra, y - cy + 0.35 * rb, 0.34 * ra, 0.6 * rb) < 0
     _paint(tissue, sl, lung & ~heart, LUNG, over=[SOFT])
 
 
@@ -418,8 +418,8 @@ def _paint_pelvis(tissue: np.ndarray, lay: _Layout, shell: float) -> None:
     t = np.linspace(0, 1, 10)[:, None]
     for side in (-1, 1):
         m = np.array([sx + side * 2.4 * 19 * s, sy + 0.9 * 14.5 * s])
-        c = np.array([cx + side * 0.95 * ra, cy + 0.45 * rb])
-        e = np.array([cx + side * 0.7 * ra, cy - 0.35 * rb])
+        c = np.array([cx + side * 0.8 * ra, cy + 0.4 * rb])
+        e = np.array([cx + side * 0.62 * ra, cy - 0.3 * rb])
         pts = (1 - t) ** 2 * m + 2 * t * (1 - t) * c + t ** 2 * e
         lo, hi = pts.min(0) - 12 * k, pts.max(0) + 12 * k
         box = _box(lay, (-np.inf, lo[1], lo[0]), (z_pel, hi[1], hi[0]))
