@@ -70,26 +70,29 @@ def patch_nonzero(slices: torch.Tensor) -> torch.Tensor:
     return box > 0
 
 
-def _maxpool3(x: torch.Tensor, d: int) -> torch.Tensor:
+def _maxpool3(x: torch.Tensor, d: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """(h, w, C) -> (h-2d, w-2d, C): 3x3 max pool, dilation d, stride 1 (rows, then columns)."""
     h, w = x.shape[0] - 2 * d, x.shape[1] - 2 * d
     r = torch.maximum(x[:h], x[d : d + h])
     r = torch.maximum(r, x[2 * d : 2 * d + h], out=r)
-    c = torch.maximum(r[:, :w], r[:, d : d + w])
+    c = torch.maximum(r[:, :w], r[:, d : d + w], out=out)
     return torch.maximum(c, r[:, 2 * d : 2 * d + w], out=c)
 
 
-def _pixel_major(y: torch.Tensor) -> torch.Tensor:
-    """(1, C, h, w) conv output -> (h, w, C) contiguous view (copies only if not channels last)."""
-    return y.contiguous(memory_format=torch.channels_last)[0].permute(1, 2, 0)
+def _stage1(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+            out: torch.Tensor) -> torch.Tensor:
+    """(h, w) padded-slice rows -> out (h-22, w-22, 128) = P2, pixel-major: conv1..pool2, dilated.
 
-
-def _stage1(x: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor:
-    """(h, w) padded-slice rows -> (h-22, w-22, 128) P2, pixel-major: conv1..pool2, dilated."""
-    c1 = _pixel_major(F.conv2d(x[None, None], w1, b1))
+    conv1 (one input channel) is a GEMM over the 9 shifted views: (h-2)(w-2) x 9 @ 9 x 64.
+    w1: (9, 64); w2: (128, 64, 3, 3) channels last.
+    """
+    h, w = x.shape[0] - 2, x.shape[1] - 2
+    cols = torch.stack([x[a : a + h, b : b + w] for a in range(3) for b in range(3)], dim=-1)
+    c1 = torch.addmm(b1, cols.view(-1, 9), w1).view(h, w, -1)  # (h-2, w-2, 64)
     p1 = _maxpool3(c1, 2).relu_()  # relu commutes with max
-    c2 = _pixel_major(F.conv2d(p1.permute(2, 0, 1)[None], w2, b2, dilation=4))
-    return _maxpool3(c2, 4).relu_()
+    c2 = F.conv2d(p1.permute(2, 0, 1)[None], w2, b2, dilation=4)  # channels-last in, out
+    c2 = c2.contiguous(memory_format=torch.channels_last)[0].permute(1, 2, 0)
+    return _maxpool3(c2, 4, out=out).relu_()
 
 
 def _sum_into(out: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
@@ -135,16 +138,18 @@ class DenseOPConvNet(nn.Module):
     results are then approximate). allow_tf32: let CUDA use TF32 (approximate); off by default.
     """
 
-    def __init__(self, model: OPConvNet, *, band_rows: int = 16, stage1_rows: int = 64,
+    def __init__(self, model: OPConvNet, *, band_rows: int = 16, stage1_rows: int = 64, tile_cols: int = 64,
                  dtype: torch.dtype = torch.float32, allow_tf32: bool = False) -> None:
         super().__init__()
         _check_architecture(model)
-        if band_rows < GRID or stage1_rows < 1:
-            raise ValueError(f"band_rows must be >= {GRID} and stage1_rows >= 1, got {band_rows}, {stage1_rows}")
-        self.band_rows, self.stage1_rows, self.dtype, self.allow_tf32 = band_rows, stage1_rows, dtype, allow_tf32
+        if band_rows < GRID or stage1_rows < 1 or tile_cols < 1:
+            raise ValueError(f"band_rows must be >= {GRID}, stage1_rows and tile_cols >= 1; got "
+                             f"{band_rows}, {stage1_rows}, {tile_cols}")
+        self.band_rows, self.stage1_rows, self.tile_cols = band_rows, stage1_rows, tile_cols
+        self.dtype, self.allow_tf32 = dtype, allow_tf32
         g = lambda x: x.detach().to(dtype).clone()  # noqa: E731
         cl = torch.channels_last
-        self.register_buffer("w1", g(model.conv1.weight).contiguous(memory_format=cl))
+        self.register_buffer("w1", g(model.conv1.weight.reshape(model.conv1.out_channels, -1).t()))
         self.register_buffer("b1", g(model.conv1.bias))
         self.register_buffer("w2", g(model.conv2.weight).contiguous(memory_format=cl))
         self.register_buffer("b2", g(model.conv2.bias))
@@ -201,7 +206,7 @@ class DenseOPConvNet(nn.Module):
         p2 = self._buf("p2", (hr + GRID, wc + GRID, self.wt.shape[0]))
         for y0 in range(0, hr + GRID, self.stage1_rows):
             y1 = min(y0 + self.stage1_rows, hr + GRID)
-            p2[y0:y1] = _stage1(rect[y0 : y1 + HALO], self.w1, self.b1, self.w2, self.b2)
+            _stage1(rect[y0 : y1 + HALO], self.w1, self.b1, self.w2, self.b2, out=p2[y0:y1])
         band_need = None if need is None else need[r0:r1, c0:c1]
         any_rows = None if need is None else band_need.any(1).tolist()
         prev = False
@@ -211,15 +216,18 @@ class DenseOPConvNet(nn.Module):
             if any_rows is not None and not any(any_rows[y0 : y0 + rb]):
                 prev = False
                 continue
-            t = self._tap_products(p2, y0, rb, prev)
-            prev = True
-            p3 = _conv3_pool3(
-                t.view(rb + GRID, wc + GRID, 3, 3, -1),
-                self._buf("q", (rb, wc + GRID, 3, 3, t.shape[-1] // TAPS)),
-                self._buf("c3", (rb, wc, 3, 3, t.shape[-1] // TAPS)),
-                self._buf("m", (rb, wc, 3, 2, t.shape[-1] // TAPS)),
-                self._buf("p3", (rb, wc, 2, 2, t.shape[-1] // TAPS)),
-            ).view(rb * wc, -1)
+            t = self._tap_products(p2, y0, rb, prev).view(rb + GRID, wc + GRID, 3, 3, -1)
+            p3 = self._buf("p3", (rb, wc, 2, 2, t.shape[-1]))
+            for x0 in range(0, wc, self.tile_cols):  # column tiles keep the shift-adds in cache
+                xc = min(self.tile_cols, wc - x0)
+                _conv3_pool3(
+                    t[:, x0 : x0 + xc + GRID],
+                    self._buf("q", (rb, xc + GRID, 3, 3, t.shape[-1])),
+                    self._buf("c3", (rb, xc, 3, 3, t.shape[-1])),
+                    self._buf("m", (rb, xc, 3, 2, t.shape[-1])),
+                    p3[:, x0 : x0 + xc],
+                )
+            p3 = p3.view(rb * wc, -1)
             self._fc_write(p3, nb, out[:, r0 + y0 : r0 + y0 + rb, c0:c1])
 
     def _tap_products(self, p2: torch.Tensor, y0: int, rb: int, prev: bool) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 Each kernel writes into an output array the caller allocates and checks (dtype, shape,
 C-contiguity) at the call site; each has a plain NumPy/SciPy twin in ``tests/test_kernels.py``.
-Kernels take only arrays and scalars; the ``parallel=True`` ones split rows over threads.
+Kernels take only arrays and scalars. One-slice kernels are serial; the ``parallel=True`` ones
+split rows, slices or (slice, view) pairs over threads (few, large thread launches: the machine
+is shared and OpenMP barriers stall when a thread is descheduled).
 
 Coordinates are (row, col) = (y, x) with pixel centres at integer positions.
 """
@@ -85,41 +87,47 @@ def smooth_slices(x, w, out):
 
 
 @njit(cache=True)
-def resample_bilinear(src, m, out):
-    """Bilinear affine resampling of one slice, zero outside it.
-
-    src, out: (H, W) float32; m: (2, 3) float64 map from an output pixel to an input coordinate:
+def bilinear_at(src, m, i, j):
+    """Bilinear sample (float32) of the (H, W) float32 ``src`` for output pixel (i, j) under ``m``.
 
         (y_in, x_in) = m[:, :2] @ (i, j) + m[:, 2]
 
-    The four neighbours of (y_in, x_in) are weighted bilinearly; neighbours outside the slice
-    count as 0 (``scipy.ndimage.map_coordinates(order=1, mode='grid-constant')``).
+    The four neighbours of (y_in, x_in) are weighted bilinearly in float64; neighbours outside
+    the slice count as 0 (``scipy.ndimage.map_coordinates(order=1, mode='grid-constant')``).
     """
     nh, nw = src.shape
-    oh, ow = out.shape
-    for i in range(oh):
-        for j in range(ow):
-            y = m[0, 0] * i + m[0, 1] * j + m[0, 2]
-            x = m[1, 0] * i + m[1, 1] * j + m[1, 2]
-            y0 = np.floor(y)
-            x0 = np.floor(x)
-            fy = y - y0
-            fx = x - x0
-            iy = int(y0)
-            ix = int(x0)
-            acc = 0.0
-            for dy in range(2):
-                yy = iy + dy
-                if yy < 0 or yy >= nh:
-                    continue
-                wy = fy if dy == 1 else 1.0 - fy
-                for dx in range(2):
-                    xx = ix + dx
-                    if xx < 0 or xx >= nw:
-                        continue
-                    wx = fx if dx == 1 else 1.0 - fx
-                    acc += wy * wx * src[yy, xx]
-            out[i, j] = acc
+    y = m[0, 0] * i + m[0, 1] * j + m[0, 2]
+    x = m[1, 0] * i + m[1, 1] * j + m[1, 2]
+    y0 = np.floor(y)
+    x0 = np.floor(x)
+    fy = y - y0
+    fx = x - x0
+    iy = int(y0)
+    ix = int(x0)
+    acc = 0.0
+    for dy in range(2):
+        yy = iy + dy
+        if yy < 0 or yy >= nh:
+            continue
+        wy = fy if dy == 1 else 1.0 - fy
+        for dx in range(2):
+            xx = ix + dx
+            if xx < 0 or xx >= nw:
+                continue
+            wx = fx if dx == 1 else 1.0 - fx
+            acc += wy * wx * src[yy, xx]
+    return np.float32(acc)
+
+
+@njit(cache=True)
+def resample_bilinear(src, m, out):
+    """Bilinear affine resampling of one slice, zero outside it (see ``bilinear_at``).
+
+    src, out: (H, W) float32; m: (2, 3) float64 map from an output pixel to an input coordinate.
+    """
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = bilinear_at(src, m, i, j)
 
 
 @njit(cache=True)
@@ -173,21 +181,25 @@ def grid_counts(mask, n, stride, out):
 
 
 @njit(cache=True)
+def quantize_u8(v):
+    """float32 in [0, 1] -> uint8 round(v * 255), half to even, clipped (as ``quantize``)."""
+    q = np.rint(v * np.float32(255.0))
+    return np.uint8(min(max(q, np.float32(0.0)), np.float32(255.0)))
+
+
+@njit(cache=True)
 def gather_u8(src, rows, cols, out):
     """Crop patches at top-left (rows[k], cols[k]) and quantize: round(x * 255) -> uint8.
 
-    src: (H, W) float32 in [0, 1]; rows, cols: (K,) int32; out: (K, n, n) uint8. Rounds half
-    to even (``np.rint``) on the float32 product, clipped to [0, 255], like ``quantize``.
+    src: (H, W) float32 in [0, 1]; rows, cols: (K,) int32; out: (K, n, n) uint8.
     """
     n = out.shape[1]
-    scale = np.float32(255.0)
     for k in range(rows.shape[0]):
         r = rows[k]
         c = cols[k]
         for i in range(n):
             for j in range(n):
-                v = np.rint(src[r + i, c + j] * scale)
-                out[k, i, j] = np.uint8(min(max(v, np.float32(0.0)), scale))
+                out[k, i, j] = quantize_u8(src[r + i, c + j])
 
 
 @njit(cache=True)
@@ -200,6 +212,27 @@ def gather_f32(src, rows, cols, out):
         for i in range(n):
             for j in range(n):
                 out[k, i, j] = src[r + i, c + j]
+
+
+@njit(cache=True)
+def gather_resampled(src, m, rows, cols, quantize, out):
+    """Crop patches of the bilinear view of ``src`` under ``m`` without resampling the slice.
+
+    Same values as ``resample_bilinear(src, m, view)`` followed by ``gather_u8`` (quantize=True,
+    out (K, n, n) uint8) or ``gather_f32`` (quantize=False, out float32), computing only the
+    patch pixels: kept patches cover a small part of a view.
+    """
+    n = out.shape[1]
+    for k in range(rows.shape[0]):
+        r = rows[k]
+        c = cols[k]
+        for i in range(n):
+            for j in range(n):
+                v = bilinear_at(src, m, r + i, c + j)
+                if quantize:
+                    out[k, i, j] = quantize_u8(v)
+                else:
+                    out[k, i, j] = v
 
 
 @njit(cache=True)
@@ -246,7 +279,8 @@ def volume_patches(image, hu_min, hu_max, w, maps, slice_pairs, pair_bounds, pai
         patch k               top-left (rows[k], cols[k]) -> out[k]
 
     out: (K, n, n) uint8 (quantize=True: round(x * 255)) or float32 (quantize=False).
-    Slices are split over threads; each holds three (H, W) float32 scratch slices.
+    Slices are split over threads; each holds two (H, W) float32 scratch slices. Views are
+    sampled only at the kept patches' pixels (``gather_resampled``).
     """
     nh, nw = image.shape[1], image.shape[2]
     for s in prange(image.shape[0]):
@@ -256,18 +290,15 @@ def volume_patches(image, hu_min, hu_max, w, maps, slice_pairs, pair_bounds, pai
         if w.shape[0] > 1:
             pre = np.empty((nh, nw), np.float32)
             smooth_slice(win, w, pre)
-        view = np.empty((nh, nw), np.float32)
         for p in range(slice_pairs[s], slice_pairs[s + 1]):
             m = maps[s, pair_view[p]]
-            src = pre
-            if not is_identity_map(m):
-                resample_bilinear(pre, m, view)
-                src = view
             k0, k1 = pair_bounds[p], pair_bounds[p + 1]
-            if quantize:
-                gather_u8(src, rows[k0:k1], cols[k0:k1], out[k0:k1])
+            if not is_identity_map(m):
+                gather_resampled(pre, m, rows[k0:k1], cols[k0:k1], quantize, out[k0:k1])
+            elif quantize:
+                gather_u8(pre, rows[k0:k1], cols[k0:k1], out[k0:k1])
             else:
-                gather_f32(src, rows[k0:k1], cols[k0:k1], out[k0:k1])
+                gather_f32(pre, rows[k0:k1], cols[k0:k1], out[k0:k1])
 
 
 def check_array(name: str, a: np.ndarray, dtype, ndim: int) -> None:

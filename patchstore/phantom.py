@@ -1,4 +1,4 @@
-"""Synthetic spine CT phantoms in HU with vertebra masks, deterministic from a generator.
+r"""Synthetic spine CT phantoms in HU with vertebra masks, deterministic from a generator.
 
 A phantom carries what makes the real task hard: vertebrae (label 1) sit among bones of the same
 HU that are *not* labelled (ribs whose heads touch the vertebrae, a sternum, iliac wings and a
@@ -98,7 +98,7 @@ class _Layout:
 
 def _vertebrae(rng: np.random.Generator, extent: float, dz: float, slices: int, k: float,
                z_pel: float) -> tuple[_Vertebra, ...]:
-    """Segments covering [-period, extent + 2.5 period]: about 5 * sqrt(slices / 48) in the volume."""
+    """Segments from below the volume to 2.5 periods above it; about 5 * sqrt(slices / 48) inside."""
     count = max(4.0, 5.0 * np.sqrt(slices / 48.0)) * rng.uniform(0.9, 1.1)
     period = extent / count
     out, z = [], -rng.uniform(1.0, 2.0) * period
@@ -143,8 +143,8 @@ def _layout(rng: np.random.Generator, size: int, slices: int) -> _Layout:
     levels = {"pelvis": z_pel, "ribs": z_rib, "lungs": z_rib + extent * rng.uniform(0.0, 0.05),
               "bifurcation": z_pel + extent * rng.uniform(0.0, 0.08)}
     verts = _vertebrae(rng, extent, dz, slices, k, z_pel)
-    axis = lambda n, d: ((np.arange(n) + 0.5 - n / 2) * d).astype(np.float32)  # noqa: E731
-    return _Layout(axis(size, dxy), axis(size, dxy), ((np.arange(slices) + 0.5) * dz).astype(np.float32),
+    xy = ((np.arange(size) + 0.5 - size / 2) * dxy).astype(np.float32)  # centred in the field of view
+    return _Layout(xy, xy, ((np.arange(slices) + 0.5) * dz).astype(np.float32),
                    dxy, dz, k, (cx, cy, a, b, rng.uniform(8, 20) * k), curve, levels, verts,
                    _hu_table(rng, len(verts)))
 
@@ -229,7 +229,7 @@ def _paint_ellipsoid(tissue, lay, centre, half, value) -> None:
                [c + h for c, h in zip(centre[::-1], half[::-1])])
     if box is not None:
         sl, z, y, x = box
-        r = ((x - centre[0]) / half[0]) ** 2 + ((y - centre[1]) / half[1]) ** 2 + ((z - centre[2]) / half[2]) ** 2
+        r = sum(((c - m) / h) ** 2 for c, m, h in zip((x, y, z), centre, half))
         _paint(tissue, sl, r < 1, value, over=[SOFT])
 
 
@@ -320,25 +320,28 @@ def _paint_discs_and_canal(tissue: np.ndarray, lay: _Layout) -> None:
     _tube_z(tissue, lay, sx, sy + offset, canal, CANAL)
 
 
-def _vertebra_sdf(x, y, z, sx, sy, v: _Vertebra) -> np.ndarray:
+def _vertebra_sdf(x, y, z, sx, sy, v: _Vertebra, thin: float) -> np.ndarray:
     """Signed distance (mm) to one vertebra: body, pedicles, arch, spinous and transverse processes.
 
     A sacral segment is a wide body with alae reaching the iliac wings and an arch, no processes.
+    Processes are at least ``thin`` mm in radius so that coarse grids don't break them apart.
     """
     s, h, zc = v.scale, v.z1 - v.z0, 0.5 * (v.z0 + v.z1)
     av, bv, yc = _dims(v)
     u, w = x - sx, y - sy
     au, rc = np.abs(u), v.canal  # |u|: both sides at once (the vertebra is left-right symmetric)
-    arch = np.maximum(np.abs(np.hypot(u, w - yc) - (rc + 3.5 * s)) - 2.5 * s, (yc - 0.2 * rc) - w)
+    half = max(2.5 * s, thin)
+    arch = np.maximum(np.abs(np.hypot(u, w - yc) - (rc + 1 * s + half)) - half, (yc - 0.2 * rc) - w)
     if v.sacral:
         core = np.minimum(np.minimum(_ellipse(u, w, 1.5 * av, bv), arch),
                           _capsule(au, w, (av, 0), (2.4 * av, 0.9 * bv), 7 * s))
         return np.maximum(core, _slab(z, v.z0, v.z1))
-    pedicle = _capsule(au, w, (0.55 * av, 0.6 * bv), (rc + 2.5 * s, yc - 0.2 * rc), 3.5 * s)
+    pedicle = _capsule(au, w, (0.55 * av, 0.6 * bv), (rc + 2.5 * s, yc - 0.2 * rc), max(3.5 * s, thin))
     core = np.maximum(np.minimum(np.minimum(_ellipse(u, w, av, bv), pedicle), arch), _slab(z, v.z0, v.z1))
     tip = (rc + 3 * s + v.transverse * 0.9, yc - 0.1 * rc + v.transverse * 0.42)
-    tp = np.maximum(_capsule(au, w, (rc + 3 * s, yc - 0.1 * rc), tip, 3.5 * s), _slab(z, zc - 0.2 * h, zc + 0.4 * h))
-    sp = np.maximum(_capsule(u, w, (0, yc + rc + 3 * s), (0, yc + rc + v.spinous), 3 * s),
+    tp = np.maximum(_capsule(au, w, (rc + 3 * s, yc - 0.1 * rc), tip, max(3.5 * s, thin)),
+                    _slab(z, zc - 0.2 * h, zc + 0.4 * h))
+    sp = np.maximum(_capsule(u, w, (0, yc + rc + 3 * s), (0, yc + rc + v.spinous), max(3 * s, thin)),
                     _slab(z, zc - 0.45 * h, zc + 0.25 * h))
     return np.minimum(np.minimum(core, tp), sp)
 
@@ -354,7 +357,7 @@ def _paint_vertebrae(tissue: np.ndarray, lay: _Layout, shell: float) -> None:
         if box is None:
             continue
         sl, z, y, x = box
-        sdf = _vertebra_sdf(x, y, z, *_spine_xy(lay, z), v)
+        sdf = _vertebra_sdf(x, y, z, *_spine_xy(lay, z), v, 0.6 * lay.dxy)
         cort, canc = (BONE_CORT, BONE_CANC) if v.sacral else (VERTEBRA0 + 2 * j, VERTEBRA0 + 2 * j + 1)
         _paint_bone(tissue, sl, sdf, cort, canc, shell)
 
@@ -377,7 +380,8 @@ def _rib_path(lay: _Layout, v: _Vertebra, side: int) -> np.ndarray:
     theta = np.linspace(t0, t1, 24)
     f = ((theta - t0) / (t1 - t0)) ** 1.2
     drop = 1.6 * (v.z1 - v.z0) * 1.25
-    wall = np.stack([cx + side * ra * np.sin(theta), cy + rb * np.cos(theta), tubercle[2] - 3 * k - drop * f], 1)
+    wall = np.stack([cx + side * ra * np.sin(theta), cy + rb * np.cos(theta),
+                     tubercle[2] - 3 * k - drop * f], 1)
     return np.vstack([head, tubercle, wall]).astype(np.float32)
 
 
@@ -401,10 +405,12 @@ def _paint_ribs_and_sternum(tissue: np.ndarray, lay: _Layout, shell: float) -> N
     k = lay.k
     ys = cy - (b - fat - 9 * k) - 2 * k
     top = lay.zs[-1] + lay.dz
-    box = _box(lay, (lay.levels["ribs"] + 0.1 * top, ys - 6 * k, cx - 22 * k), (np.inf, ys + 6 * k, cx + 22 * k))
+    box = _box(lay, (lay.levels["ribs"] + 0.1 * top, ys - 6 * k, cx - 22 * k),
+               (np.inf, ys + 6 * k, cx + 22 * k))
     if box is not None:
         sl, z, y, x = box
-        _paint_bone(tissue, sl, _capsule(x, y, (cx - 14 * k, ys), (cx + 14 * k, ys), 5 * k), BONE_CORT, BONE_CANC, shell)
+        sternum = _capsule(x, y, (cx - 14 * k, ys), (cx + 14 * k, ys), 5 * k)
+        _paint_bone(tissue, sl, sternum, BONE_CORT, BONE_CANC, shell)
 
 
 def _paint_pelvis(tissue: np.ndarray, lay: _Layout, shell: float) -> None:
@@ -484,6 +490,7 @@ def _write_json(path: Path, data: dict) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the dataset is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -506,7 +513,8 @@ def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, size: int =
         image = write_volume(out / "imagesTr" / f"phantom_{i:03d}_0000.nii.gz", ph.image, ph.geometry)
         label = write_volume(out / "labelsTr" / f"phantom_{i:03d}.nii.gz", ph.mask, ph.geometry)
         images.append(image)
-        training.append({"image": image.relative_to(out).as_posix(), "label": label.relative_to(out).as_posix()})
+        training.append({"image": image.relative_to(out).as_posix(),
+                         "label": label.relative_to(out).as_posix()})
     _write_json(out / "dataset.json", {
         "name": "phantom", "description": f"Synthetic spine CT phantoms (patchstore.phantom, seed {seed})",
         "tensorImageSize": "3D", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "vertebra"},

@@ -5,12 +5,14 @@
       | pass 1, per slice, per view: resample the MASK only -> label counts -> labels (tiny)
       | RUS over all candidate labels -> kept indices        (generator 2 of seed_seq)
       | pass 2, per slice holding kept patches: window + smooth the slice; per view holding kept
-      |         patches: resample the IMAGE -> crop + quantize the kept patches into the output
+      |         patches: sample the IMAGE view (bilinear) at the kept patches' pixels only,
+      |         quantized straight into the output
+      |         (both passes run CHUNK slices per numba call, (slice, view) pairs over threads)
       v
     VolumePatches: patches (N,n,n), labels (N,), origin (N,4) = (z, row, col, view)
 
-Never more than one slice's views exist at a time, so peak memory is the input volume plus the
-output patches plus a few slices, whatever the number of views.
+Views are never stored: each thread holds a few slice-sized scratch arrays, so peak memory is
+the input volume plus the output patches plus about CHUNK slices, whatever the number of views.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from patchstore import augment, balance, patches
+from patchstore import augment, balance, kernels, patches
 from patchstore.config import BuildConfig
-from patchstore.preprocess import preprocess_float
+from patchstore.preprocess import gaussian_weights
+
+CHUNK = 16  # slices per kernel call: few thread launches, a progress tick, a small float16 block
 
 
 @dataclass(frozen=True)
@@ -66,55 +70,89 @@ def check_volume(image: np.ndarray, mask: np.ndarray) -> None:
 
 
 def candidate_labels(
-    mask: np.ndarray, cfg: BuildConfig, shifts: np.ndarray, progress: Callable[[int], object] | None = None
+    mask: np.ndarray, cfg: BuildConfig, maps: np.ndarray, progress: Callable[[int], object] | None = None
 ) -> np.ndarray:
-    """Pass 1: (Z * n_views * Gr * Gc,) uint8 labels of every candidate, in candidate order."""
-    z_n, h, w = mask.shape
-    angles = augment.view_angles(cfg)
+    """Pass 1: (Z * n_views * Gr * Gc,) uint8 labels of every candidate, in candidate order.
+
+    mask: (Z, H, W) uint8 0/1; maps: (Z, n_views, 2, 3) float64 from ``augment.volume_maps``.
+    """
     labels = []
-    for z in range(z_n):
-        maps = augment.slice_maps(angles, shifts[z], (h, w))
-        for m in maps:
-            labels.append(patches.slice_labels(augment.view_mask(mask[z], m), cfg.patch, cfg.stride))
+    for z0 in range(0, mask.shape[0], CHUNK):
+        z1 = min(z0 + CHUNK, mask.shape[0])
+        labels.append(patches.volume_labels(mask[z0:z1], maps[z0:z1], cfg.patch, cfg.stride).ravel())
         if progress is not None:
-            progress(1)
+            progress(z1 - z0)
     return np.concatenate(labels) if labels else np.zeros(0, np.uint8)
+
+
+def group_kept(origin: np.ndarray, n_views: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Group (K >= 1, 4) origins sorted by (z, view) into slices and (slice, view) pairs, CSR style.
+
+    Returns slices (S,) int64, slice_pairs (S+1,) int64, pair_bounds (P+1,) int64 and
+    pair_view (P,) int64: slice slices[s] owns pairs slice_pairs[s]:slice_pairs[s+1], pair p is
+    view pair_view[p] and owns origins pair_bounds[p]:pair_bounds[p+1].
+    """
+    pair = origin[:, 0].astype(np.int64) * n_views + origin[:, 3]
+    pair_bounds = np.concatenate([[0], np.flatnonzero(np.diff(pair)) + 1, [len(origin)]]).astype(np.int64)
+    first = pair_bounds[:-1]
+    pair_z = origin[first, 0].astype(np.int64)
+    pair_view = origin[first, 3].astype(np.int64)
+    slices, slice_first = np.unique(pair_z, return_index=True)
+    slice_pairs = np.concatenate([slice_first, [len(first)]]).astype(np.int64)
+    return slices, slice_pairs, pair_bounds, pair_view
 
 
 def gather_kept(
     image: np.ndarray,
     cfg: BuildConfig,
-    shifts: np.ndarray,
+    maps: np.ndarray,
     origin: np.ndarray,
     progress: Callable[[int], object] | None = None,
 ) -> np.ndarray:
-    """Pass 2: (N, n, n) patches at the (N, 4) origins, which are sorted by (z, view).
+    """Pass 2: (K, n, n) patches at the (K, 4) origins, which are sorted by (z, view).
 
-    Resamples the image only for (slice, view) pairs that hold kept patches.
+    Windows and smooths only slices holding kept patches and samples each view only at its kept
+    patches' pixels (identical values to resampling the view, then cropping), CHUNK
+    slices per kernel call, cropping straight into the output (float16 through a float32
+    block per chunk: numba has no float16).
     """
-    z_n, h, w = image.shape
     n = cfg.patch
     out = np.empty((len(origin), n, n), np.dtype(cfg.dtype))
-    angles = augment.view_angles(cfg)
-    pair = origin[:, 0].astype(np.int64) * cfg.n_views + origin[:, 3]
-    bounds = np.flatnonzero(np.diff(pair)) + 1
-    starts = np.concatenate([[0], bounds]) if len(origin) else np.zeros(0, np.int64)
-    ends = np.concatenate([bounds, [len(origin)]]) if len(origin) else np.zeros(0, np.int64)
-    done, cur_z, pre = 0, -1, None
-    for s, e in zip(starts, ends):
-        z, a = int(origin[s, 0]), int(origin[s, 3])
-        if z != cur_z:
-            pre = preprocess_float(image[z : z + 1], cfg)[0]
-            cur_z = z
-            if progress is not None and z > done:
-                progress(z - done)
-                done = z
-        view = augment.view_image(pre, augment.affine_map(angles[a], shifts[z, a], (h, w)))
-        rows = np.ascontiguousarray(origin[s:e, 1])
-        cols = np.ascontiguousarray(origin[s:e, 2])
-        patches.gather_patches(view, rows, cols, out[s:e])
-    if progress is not None and z_n > done:
-        progress(z_n - done)
+    if len(origin) == 0:
+        if progress is not None:
+            progress(image.shape[0])
+        return out
+    slices, slice_pairs, pair_bounds, pair_view = group_kept(origin, cfg.n_views)
+    w = gaussian_weights(cfg.sigma) if cfg.sigma > 1e-15 else np.ones(1)
+    done = 0
+    for c0 in range(0, len(slices), CHUNK):
+        c1 = min(c0 + CHUNK, len(slices))
+        p0, p1 = slice_pairs[c0], slice_pairs[c1]
+        k0, k1 = pair_bounds[p0], pair_bounds[p1]
+        block = out[k0:k1] if out.dtype == np.uint8 else np.empty((k1 - k0, n, n), np.float32)
+        args = (
+            ("image slices", np.ascontiguousarray(image[slices[c0:c1]]), np.float32, 3),
+            ("w", w, np.float64, 1),
+            ("maps", np.ascontiguousarray(maps[slices[c0:c1]]), np.float64, 4),
+            ("slice_pairs", slice_pairs[c0 : c1 + 1] - p0, np.int64, 1),
+            ("pair_bounds", pair_bounds[p0 : p1 + 1] - k0, np.int64, 1),
+            ("pair_view", pair_view[p0:p1], np.int64, 1),
+            ("rows", np.ascontiguousarray(origin[k0:k1, 1]), np.int32, 1),
+            ("cols", np.ascontiguousarray(origin[k0:k1, 2]), np.int32, 1),
+            ("out", block, block.dtype, 3),
+        )
+        for name, a, dtype, ndim in args:
+            kernels.check_array(name, a, dtype, ndim)
+        img, w_, mp, sp, pb, pv, rows, cols, _ = (a for _, a, _, _ in args)
+        hu_min, hu_max = np.float32(cfg.hu_min), np.float32(cfg.hu_max)
+        kernels.volume_patches(img, hu_min, hu_max, w_, mp, sp, pb, pv, rows, cols, out.dtype == np.uint8, block)
+        if out.dtype != np.uint8:
+            out[k0:k1] = block.astype(out.dtype)
+        if progress is not None:
+            progress(int(slices[c1 - 1]) + 1 - done)
+            done = int(slices[c1 - 1]) + 1
+    if progress is not None and image.shape[0] > done:
+        progress(image.shape[0] - done)
     return out
 
 
@@ -135,14 +173,15 @@ def build_volume(
     check_volume(image, mask)
     shift_seed, rus_seed = child_seeds(seed_seq, 2)
     shifts = augment.draw_shifts(image.shape[0], cfg, np.random.default_rng(shift_seed))
-    labels = candidate_labels(mask, cfg, shifts, progress)
+    maps = augment.volume_maps(cfg, shifts, image.shape[1:])
+    labels = candidate_labels(mask, cfg, maps, progress)
     if cfg.rus:
         keep = balance.rus_indices(labels, cfg.ratio, np.random.default_rng(rus_seed))
     else:
         keep = np.arange(labels.size, dtype=np.int64)
     grid = patches.grid_shape(image.shape[1:], cfg.patch, cfg.stride)
     origin = patches.candidate_origins(keep, cfg.n_views, grid, cfg.stride)
-    out = gather_kept(image, cfg, shifts, origin, progress)
+    out = gather_kept(image, cfg, maps, origin, progress)
     kept_labels = labels[keep]
     return VolumePatches(
         patches=out,

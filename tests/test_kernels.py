@@ -110,3 +110,30 @@ def test_check_array_names_expected_dtype():
         kernels.check_array("image", np.zeros((2, 2)), np.float32, 2)
     with pytest.raises(TypeError, match="C-contiguous uint8"):
         kernels.check_array("mask", np.zeros((4, 4), np.uint8)[:, ::2], np.uint8, 2)
+
+
+def test_gather_resampled_equals_resample_then_gather(rng):
+    """Sampling only patch pixels gives the same bytes as resampling the slice, then cropping."""
+    src = rng.random((40, 50), dtype=np.float32)
+    m = affine_map(-10.0, np.array([2.3, -1.7]), src.shape)
+    rows, cols = np.array([0, 8, 24], np.int32), np.array([34, 0, 17], np.int32)
+    view = np.empty_like(src)
+    kernels.resample_bilinear(src, m, view)
+    for quantize, dtype, gather in ((True, np.uint8, kernels.gather_u8), (False, np.float32, kernels.gather_f32)):
+        ref, out = np.empty((3, 16, 16), dtype), np.empty((3, 16, 16), dtype)
+        gather(view, rows, cols, ref)
+        kernels.gather_resampled(src, m, rows, cols, quantize, out)
+        np.testing.assert_array_equal(out, ref)
+
+
+def test_volume_labels_equals_per_view_twin(rng):
+    """Pass-1 driver equals nearest twin + brute-force counts + the 513 rule, view by view."""
+    mask = (rng.random((2, 30, 34)) > 0.4).astype(np.uint8)
+    maps = np.stack([[affine_map(a, np.array(s), mask.shape[1:]) for a, s in ((0, (0, 0)), (10, (1.2, -0.4)))]] * 2)
+    n, stride = 8, 5
+    out = np.zeros((2, 2) + counts_twin(mask[0], n, stride).shape, np.uint8)
+    kernels.volume_labels(mask, np.ascontiguousarray(maps), n, stride, out)
+    for z in range(2):
+        for v in range(2):
+            ref = counts_twin(nearest_twin(mask[z], maps[z, v]), n, stride) * 2 > n * n
+            np.testing.assert_array_equal(out[z, v], ref)

@@ -112,3 +112,18 @@ def test_bad_inputs_raise(volume):
         build_volume(image.astype(np.float64), mask, cfg_for(), np.random.SeedSequence(0))
     with pytest.raises(ValueError, match="0/1"):
         build_volume(image, mask * 25, cfg_for(), np.random.SeedSequence(0))
+
+
+def test_augmented_patches_are_crops_of_their_view(volume):
+    """Patches of rotated/shifted views equal quantize(view_image(preprocessed slice)) crops."""
+    image, mask = volume
+    cfg = cfg_for()
+    seq = np.random.SeedSequence(8)
+    out = build_volume(image, mask, cfg, seq)
+    pre = preprocess_float(image, cfg)
+    shifts = augment.draw_shifts(image.shape[0], cfg, np.random.default_rng(child_seeds(seq, 2)[0]))
+    angles = augment.view_angles(cfg)
+    assert np.any(out.origin[:, 3] > 0)
+    for p, (z, r, c, a) in zip(out.patches, out.origin):
+        view = augment.view_image(pre[z], augment.affine_map(angles[a], shifts[z, a], image.shape[1:]))
+        np.testing.assert_array_equal(p, quantize(view[r : r + N, c : c + N], "uint8"))

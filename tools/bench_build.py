@@ -77,7 +77,10 @@ def plain_build(image: np.ndarray, mask: np.ndarray, cfg: BuildConfig, seq: np.r
             view = plain_view(pre, augment.affine_map(angles[a], shifts[z, a], (h, w)), 1)
             r, c = origin[sel, 1], origin[sel, 2]
             crops = view[r[:, None, None] + ii[:, None], c[:, None, None] + ii]
-            out[sel] = np.clip(np.rint(crops * np.float32(255)), 0, 255).astype(np.uint8)
+            if cfg.dtype == "uint8":
+                out[sel] = np.clip(np.rint(crops * np.float32(255)), 0, 255).astype(np.uint8)
+            else:
+                out[sel] = crops.astype(np.float16)
     return out, labels[keep], origin
 
 

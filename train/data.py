@@ -27,6 +27,9 @@ from patchstore.verify import verify
 from train.model import PATCH
 
 EXACT_SEARCH_MAX_VOLUMES = 16  # 2**16 subsets: exact in milliseconds; beyond that, greedy
+# Build parameters that decide what a patch looks like; the others (stride, augmentation, RUS,
+# seed, shard size) only decide which patches there are, and may differ between training and test.
+PREPROCESSING_FIELDS = ("hu_min", "hu_max", "sigma", "patch", "dtype", "labels")
 RESERVE_BYTES = 1 << 30  # left free for the model, activations and the runtime
 TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16}
 
@@ -80,6 +83,17 @@ def check_build(path: str | os.PathLike, found: dict, expected: dict, what: str 
     if fields:
         detail = ", ".join(f"{k}={found.get(k)!r} (expected {expected.get(k)!r})" for k in fields)
         raise DataError(f"{path}: built with parameters other than {what}: {detail}")
+
+
+def check_preprocessing(path: str | os.PathLike, found: dict, expected: dict, what: str) -> list[str]:
+    """Refuse shards preprocessed otherwise than ``expected`` (naming the fields); return the
+    sampling fields that differ (fine: e.g. test shards built with --no-rus)."""
+    fields = differing_fields(found, expected)
+    bad = [k for k in fields if k in PREPROCESSING_FIELDS]
+    if bad:
+        detail = ", ".join(f"{k}={found.get(k)!r} ({what} has {expected.get(k)!r})" for k in bad)
+        raise DataError(f"{path}: preprocessed with other parameters than {what}: {detail}")
+    return [k for k in fields if k not in PREPROCESSING_FIELDS]
 
 
 def needed_bytes(manifest: dict) -> int:
@@ -171,8 +185,9 @@ def choose_volumes(counts: np.ndarray, fraction: float, rng: np.random.Generator
     """(V,) bool: the validation volumes, whose patch count comes closest to ``fraction`` of all.
 
     Exact search over every proper subset for up to EXACT_SEARCH_MAX_VOLUMES volumes (ties broken
-    by ``rng``); beyond that greedy: largest volumes first (random order among equal sizes), each
-    taken when it brings the sum closer to the target. Both sides get at least one volume.
+    by ``rng``); beyond that greedy: largest volumes first (random order among equal sizes) while
+    the sum stays below the target, then the one volume that brings it closest. Both sides get at
+    least one volume.
     """
     v = len(counts)
     target = fraction * counts.sum()
@@ -183,9 +198,14 @@ def choose_volumes(counts: np.ndarray, fraction: float, rng: np.random.Generator
     order = rng.permutation(v)
     order = order[np.argsort(-counts[order], kind="stable")]
     take, total = np.zeros(v, dtype=bool), 0
-    for i in order:
-        if abs(total + counts[i] - target) < abs(total - target):
+    for i in order:  # fill up to the target, largest first ...
+        if total + counts[i] <= target:
             take[i], total = True, total + counts[i]
+    rest = np.flatnonzero(~take)  # ... then overshoot with one more volume if that is closer
+    if len(rest):
+        i = rest[np.argmin(np.abs(total + counts[rest] - target))]
+        if abs(total + counts[i] - target) < abs(total - target):
+            take[i] = True
     if not take.any():
         take[order[-1]] = True
     if take.all():

@@ -25,6 +25,7 @@ def plot_curves(rows: list[dict], path: str | os.PathLike) -> None:
             best = min(rows, key=lambda r: r["val_loss"])
             ax.plot([best["epoch"]], [best["val_loss"]], "k*", ms=10, label="best (kept)")
         ax.set(title=title, xlabel="epoch", ylabel=key)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.savefig(path, dpi=120)

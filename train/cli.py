@@ -1,0 +1,122 @@
+"""`train` console script: thin click wrappers over ``train.loop.train`` and ``evaluate_checkpoint``.
+
+Every `train run` option is one TrainConfig field (same name, dashes for underscores); the output
+folder and --resume say where, not how.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+import patchstore
+from patchstore.shard import ShardError
+from train.checkpoint import CheckpointError, load_checkpoint
+from train.config import AMPS, DEVICES, INITS, RESUMABLE_CHANGES, SPLITS, TrainConfig
+from train.data import DataError
+from train.loop import evaluate_checkpoint, train
+
+D = TrainConfig()
+USER_ERRORS = (DataError, CheckpointError, ShardError, ValueError, FileExistsError)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(patchstore.__version__, prog_name="train")
+def main() -> None:
+    """Train and evaluate the OP-convNet vertebra patch classifier on patchstore shards.
+
+    Typical use: `train run shards/ -o runs/first`, then `train evaluate runs/first/best.pt test-shards/`.
+    Several processes: `torchrun --nproc-per-node 2 $(which train) run shards/ -o runs/ddp`.
+    """
+
+
+@main.command()
+@click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder to write (default: runs/<timestamp>).")
+@click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Continue the run in this folder from its last.pt. Its options are kept; those given here "
+                   f"override them, but only {', '.join(RESUMABLE_CHANGES)} may change.")
+@click.option("--val-fraction", default=D.val_fraction, show_default=True, help="Share of patches for validation.")
+@click.option("--split-by", type=click.Choice(SPLITS), default=D.split_by, show_default=True,
+              help="volume: each source volume wholly on one side (one volume: slice ranges); "
+                   "patch: the paper's random split of patches.")
+@click.option("--epochs", default=D.epochs, show_default=True, help="Training epochs.")
+@click.option("--batch-size", default=D.batch_size, show_default=True,
+              help="Mini-batch size (over all processes together).")
+@click.option("--lr", default=D.lr, show_default=True, help="Initial learning rate (SGD).")
+@click.option("--lr-step", default=D.lr_step, show_default=True, help="Epochs between learning-rate drops.")
+@click.option("--lr-gamma", default=D.lr_gamma, show_default=True, help="Learning-rate drop factor.")
+@click.option("--momentum", default=D.momentum, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", default=D.weight_decay, show_default=True, help="L2 weight decay.")
+@click.option("--dropout", default=D.dropout, show_default=True, help="Dropout after fc1 and fc2.")
+@click.option("--init", type=click.Choice(INITS), default=D.init, show_default=True,
+              help="paper: weights N(0, init-std), zero biases; kaiming: He normal (starts faster on small data).")
+@click.option("--init-std", default=D.init_std, show_default=True, help="Standard deviation of --init paper.")
+@click.option("--seed", default=D.seed, show_default=True, help="Seed of initialisation, split, order and dropout.")
+@click.option("--max-steps", default=D.max_steps, show_default=True,
+              help="At most this many training (and validation) batches per epoch; 0: all. For smoke tests.")
+@click.option("--eval-batch-size", default=D.eval_batch_size, show_default=True, help="Validation batch size.")
+@click.option("--device", type=click.Choice(DEVICES), default=D.device, show_default=True,
+              help="auto: the GPU when there is one.")
+@click.option("--amp", type=click.Choice(AMPS), default=D.amp, show_default=True,
+              help="bf16: autocast on the GPU (not on CPU).")
+@click.option("--channels-last", is_flag=True, help="Channels-last memory format for model and batches.")
+@click.option("--compile", is_flag=True, help="torch.compile the model (slow start, faster steps).")
+@click.option("--verify", is_flag=True, help="Rehash and read every shard first (patchstore verify).")
+@click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
+@click.pass_context
+def run(ctx: click.Context, shards: Path, out: Path | None, resume: Path | None, **fields) -> None:
+    """Train OP-convNet on the shard folder SHARDS."""
+    if resume is not None and out is not None and out.resolve() != resume.resolve():
+        raise click.BadParameter(f"-o {out} differs from --resume {resume}; give one of them", param_hint="-o")
+    try:
+        if resume is not None:
+            old = load_checkpoint(resume / "last.pt")["config"]
+            given = {k: v for k, v in fields.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+            cfg = dataclasses.replace(TrainConfig.from_dict(old), **given)
+        else:
+            cfg = TrainConfig(**fields)
+        run_dir = resume or out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        result = train(shards, run_dir, cfg, resume=resume is not None)
+    except USER_ERRORS as e:
+        raise click.ClickException(str(e)) from None
+    if "confusion" in result and not cfg.quiet:
+        c = result["confusion"]
+        click.echo(f"best epoch {c['epoch']}: val loss {c['val_loss']:.4f}, " +
+                   ", ".join(f"{k} {c[k]:.4f}" for k in ("PRE", "SPE", "ACC", "F-score", "SEN")) + f" -> {run_dir}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--batch-size", default=1024, show_default=True, help="Patches per forward pass.")
+@click.option("--verify", is_flag=True, help="Rehash and read every shard first (patchstore verify).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def evaluate(checkpoint: Path, shards: Path, device: str, batch_size: int, verify: bool, as_json: bool) -> None:
+    """Patch metrics of CHECKPOINT on every patch in SHARDS (the paper's Table 2, plus SEN)."""
+    log = (lambda s: click.echo(s, err=True)) if as_json else click.echo
+    try:
+        r = evaluate_checkpoint(checkpoint, shards, device, batch_size, verify, log=log)
+    except USER_ERRORS as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    (tn, fp), (fn, tp) = r["confusion"]
+    click.echo(f"{r['patches']:,} patches ({r['counts'][0]:,} background, {r['counts'][1]:,} vertebra), "
+               f"loss {r['loss']:.4f}")
+    click.echo("  ".join(f"{k} {100 * r[k]:.2f}%" for k in ("PRE", "SPE", "ACC", "F-score", "SEN")))
+    click.echo(f"confusion (rows true, cols predicted):\n  background  TN {tn:>10,}  FP {fp:>10,}\n"
+               f"  vertebra    FN {fn:>10,}  TP {tp:>10,}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The training loop: shards on the device -> SGD epochs -> run folder with checkpoints and figures.
+
+    load_shards -> split_patches -> per epoch e:
+        permutation of the training indices from (seed, e)      (same on every rank)
+        dropout RNG reseeded from (seed, e, rank)
+        full batches of the permutation; rank r takes chunk r of each batch (DDP averages grads)
+        validation: rank r takes chunk r of the validation indices; sums all-reduced
+        rank 0: metrics.jsonl line, best.pt (lowest validation loss), last.pt
+    rank 0: curves.png, confusion.json/png of best.pt on the validation set
+
+Every random draw of an epoch is a function of (seed, epoch, rank), so a run resumed from
+last.pt continues exactly as if it had never stopped, on any number of ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import patchstore
+from patchstore.shard import write_json_atomic
+from train.checkpoint import (CheckpointError, load_checkpoint, remove_stale_temps, rng_state, save_checkpoint,
+                              set_rng_state)
+from train.config import RESUMABLE_CHANGES, TrainConfig
+from patchstore.shard import MANIFEST
+from train.data import (PatchSet, batch_input, check_manifest, check_preprocessing, load_shards, split_patches,
+                        split_record)
+from train.metrics import metrics_from_matrix
+from train.model import OPConvNet, init_paper
+from train.plots import plot_confusion, plot_curves
+
+INIT, PERMUTATION, DROPOUT = 1, 2, 3
+METRICS = ("PRE", "SPE", "ACC", "F-score", "SEN")  # independent random streams derived from the seed
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, stream, epoch, rank): independent streams, no collisions."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(seed, PERMUTATION, epoch))
+
+
+def setup_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size) from torchrun's RANK / WORLD_SIZE; joins the process group (NCCL or gloo)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device 'cuda' requested but torch {torch.__version__} sees no CUDA GPU; use --device cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(device)
+    return device
+
+
+def new_model(cfg: TrainConfig, device: torch.device) -> OPConvNet:
+    """OP-convNet initialised from the seed: N(0, init_std) (paper) or Kaiming normal, zero biases."""
+    model = OPConvNet(cfg.dropout)
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, INIT))
+    if cfg.init == "paper":
+        init_paper(model, cfg.init_std, generator=g)
+    else:
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu", generator=g)
+                torch.nn.init.zeros_(m.bias)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def prepare(x: torch.Tensor, idx: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    b = batch_input(x, idx)
+    return b.contiguous(memory_format=torch.channels_last) if channels_last else b
+
+
+def all_reduce_(t: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def train_epoch(net, optimizer, ps: PatchSet, train_idx: torch.Tensor, cfg: TrainConfig, epoch: int,
+                rank: int, world: int, show: bool) -> tuple[float, float, int]:
+    """One epoch of SGD -> (mean loss, accuracy, samples), over all ranks.
+
+    Full batches only (the paper's MATLAB trainNetwork drops the incomplete last mini-batch).
+    """
+    perm = train_idx[torch.randperm(len(train_idx), generator=epoch_generator(cfg.seed, epoch)).to(train_idx.device)]
+    b = cfg.batch_size
+    steps = max(1, len(perm) // b)
+    steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
+    torch.manual_seed(derive_seed(cfg.seed, DROPOUT, epoch, rank))
+    sums = torch.zeros(3, dtype=torch.float64, device=train_idx.device)  # loss sum, correct, samples
+    amp = torch.autocast(ps.x.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
+    net.train()
+    bar = tqdm(total=steps * min(b, len(perm)), unit="sample", unit_scale=True, leave=False, disable=not show,
+               desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True)
+    for step in range(steps):
+        batch = perm[step * b:(step + 1) * b]
+        mine = batch.tensor_split(world)[rank]
+        y = ps.y[mine]
+        with amp:
+            logits = net(prepare(ps.x, mine, cfg.channels_last)).float()
+        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        # DDP averages gradients over ranks: scaling by world/len(batch) makes that the batch mean
+        optimizer.zero_grad(set_to_none=True)
+        (loss_sum * (world / len(batch))).backward()
+        optimizer.step()
+        with torch.no_grad():
+            sums += torch.stack([loss_sum.double(), (logits.argmax(1) == y).sum().double(),
+                                 torch.tensor(float(len(mine)), dtype=torch.float64, device=sums.device)])
+        bar.update(len(batch))
+        if show and (step % 10 == 9 or step == steps - 1):
+            bar.set_postfix(loss=f"{sums[0].item() / max(sums[2].item(), 1):.4f}")
+    bar.close()
+    loss, correct, n = all_reduce_(sums, world).tolist()
+    return loss / n, correct / n, int(n)
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, batch_size: int,
+             channels_last: bool = False, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy (float64 scalar) and (2, 2) int64 confusion counts (rows true) on ``idx``."""
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    cm = torch.zeros(4, dtype=torch.int64, device=x.device)
+    for chunk in idx.split(batch_size):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(prepare(x, chunk, channels_last)).float()
+        loss += F.cross_entropy(logits, y[chunk], reduction="sum").double()
+        cm += torch.bincount(2 * y[chunk] + logits.argmax(1), minlength=4)
+    return loss, cm.view(2, 2)
+
+
+def summarize(loss_sum: float, cm: np.ndarray) -> dict:
+    """Validation loss, accuracy and the paper's patch metrics from summed loss and confusion counts."""
+    n = int(cm.sum())
+    return {"val_loss": loss_sum / max(n, 1), "val_acc": float(np.trace(cm)) / max(n, 1), **metrics_from_matrix(cm)}
+
+
+def validate(model, ps: PatchSet, val_idx: torch.Tensor, cfg: TrainConfig, rank: int, world: int) -> dict:
+    if cfg.max_steps:  # smoke runs: as many validation batches as training steps
+        val_idx = val_idx[:cfg.max_steps * cfg.eval_batch_size]
+    loss, cm = evaluate(model, ps.x, ps.y, val_idx.tensor_split(world)[rank], cfg.eval_batch_size,
+                        cfg.channels_last, cfg.amp == "bf16")
+    sums = all_reduce_(torch.cat([loss.view(1), cm.view(4).double()]), world).cpu()
+    return summarize(float(sums[0]), sums[1:].long().numpy().reshape(2, 2))
+
+
+def versions() -> dict:
+    return {"torch": str(torch.__version__), "python": platform.python_version(), "patchstore": patchstore.__version__}
+
+
+def start_run_dir(run_dir: Path, shards: Path, cfg: TrainConfig, ps: PatchSet, split: dict, world: int,
+                  device: torch.device) -> None:
+    if (run_dir / "last.pt").exists():
+        raise FileExistsError(f"{run_dir}: holds a run already (last.pt); resume it with --resume "
+                              f"or choose another output folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "config.json", {
+        "config": cfg.to_dict(), "shards": str(shards.resolve()), "manifest_sha256": ps.manifest_sha256,
+        "build": ps.build, "world_size": world, "device": str(device), "versions": versions()})
+    write_json_atomic(run_dir / "split.json", split_record(split, ps, cfg.val_fraction, cfg.seed))
+    write_json_lines(run_dir / "metrics.jsonl", [])
+
+
+def resume_state(run_dir: Path, cfg: TrainConfig, ps: PatchSet, model, optimizer, scheduler) -> dict:
+    """Load last.pt into model / optimizer / scheduler after checking it belongs to this run."""
+    ckpt = load_checkpoint(run_dir / "last.pt", map_location=ps.x.device)
+    old = ckpt["config"]
+    changed = [k for k, v in cfg.to_dict().items() if old.get(k) != v and k not in RESUMABLE_CHANGES]
+    if changed:
+        detail = ", ".join(f"{k}={getattr(cfg, k)!r} (the run has {old.get(k)!r})" for k in changed)
+        raise CheckpointError(f"{run_dir / 'last.pt'}: can't resume with other training parameters: {detail}")
+    if ckpt.get("manifest_sha256") != ps.manifest_sha256:
+        raise CheckpointError(f"{run_dir / 'last.pt'}: was trained on other shards (manifest SHA-256 "
+                              f"{ckpt.get('manifest_sha256')}); these have {ps.manifest_sha256}")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if "rng" in ckpt:
+        set_rng_state(ckpt["rng"])  # each epoch reseeds from (seed, epoch, rank) anyway
+    return {"epoch": ckpt["epoch"], "best_val_loss": ckpt["best_val_loss"]}
+
+
+def reopen_run_dir(run_dir: Path, epoch: int) -> None:
+    """Drop metrics lines of epochs after the checkpoint (written before a kill) and temporary files."""
+    remove_stale_temps(run_dir)
+    rows = read_metrics(run_dir)
+    write_json_lines(run_dir / "metrics.jsonl", [r for r in rows if r["epoch"] <= epoch])
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def write_json_lines(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def finish_run_dir(run_dir: Path, cfg: TrainConfig, ps: PatchSet, val_idx: torch.Tensor) -> dict:
+    """curves.png from metrics.jsonl; confusion.json/png of best.pt on the validation set."""
+    plot_curves(read_metrics(run_dir), run_dir / "curves.png")
+    best = load_checkpoint(run_dir / "best.pt", map_location=ps.x.device)
+    model = OPConvNet(cfg.dropout).to(ps.x.device)
+    model.load_state_dict(best["model"])
+    loss, cm = evaluate(model, ps.x, ps.y, val_idx, cfg.eval_batch_size)
+    cm = cm.cpu().numpy()
+    result = {"epoch": best["epoch"], "matrix": cm.tolist(), "rows": "true class", "cols": "predicted class",
+              "classes": ["background", "vertebra"], **summarize(float(loss), cm)}
+    write_json_atomic(run_dir / "confusion.json", result)
+    plot_confusion(cm, run_dir / "confusion.png", f"validation, epoch {best['epoch']}")
+    return result
+
+
+def train(shards: str | os.PathLike, run_dir: str | os.PathLike, cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train OP-convNet on a shard folder into ``run_dir``; under torchrun, with DDP on every rank.
+
+    Returns {"run_dir", "epoch", "best_val_loss", "last": last metrics row, "model": the trained module}.
+    """
+    shards, run_dir = Path(shards), Path(run_dir)
+    device = pick_device(cfg.device)
+    if cfg.amp == "bf16" and device.type != "cuda":
+        raise ValueError(f"--amp bf16 is for GPUs only; the device is {device}")
+    rank, world = setup_distributed(device)
+    main, show = rank == 0, rank == 0 and not cfg.quiet
+    ps = load_shards(shards, device, cfg.verify, log=print if show else lambda s: None)
+    split = split_patches(ps, cfg.split_by, cfg.val_fraction, cfg.seed)
+    if main and split["note"]:
+        print(f"note: {split['note']}", file=sys.stderr)
+    train_idx, val_idx = (torch.from_numpy(split[k]).to(device) for k in ("train", "val"))
+    model = new_model(cfg, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    state = {"epoch": 0, "best_val_loss": math.inf}
+    if resume:
+        state = resume_state(run_dir, cfg, ps, model, optimizer, scheduler)
+        if main:
+            reopen_run_dir(run_dir, state["epoch"])
+    elif main:
+        start_run_dir(run_dir, shards, cfg, ps, split, world, device)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    net = torch.compile(net) if cfg.compile else net
+    if show:
+        print(f"training on {len(train_idx):,} patches, validating on {len(val_idx):,} ({split['by']} split), "
+              f"{world} process(es) on {device}, epochs {state['epoch'] + 1}..{cfg.epochs}")
+    row = {}
+    for epoch in range(state["epoch"], cfg.epochs):
+        t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
+        train_loss, train_acc, n = train_epoch(net, optimizer, ps, train_idx, cfg, epoch, rank, world, show)
+        t_train = time.perf_counter() - t0
+        scheduler.step()
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "train_samples": n,
+               **validate(model, ps, val_idx, cfg, rank, world), "lr": lr,
+               "seconds": time.perf_counter() - t0, "samples_per_s": n / t_train}
+        if main:
+            if show:
+                print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | val loss "
+                      f"{row['val_loss']:.4f} acc {row['val_acc']:.4f} F {row['F-score']:.4f} | {row['samples_per_s']:.0f} "
+                      f"samples/s")
+            state = save_epoch(run_dir, row, state, model, optimizer, scheduler, cfg, ps)
+    result = {"run_dir": run_dir, "epoch": cfg.epochs, "best_val_loss": state["best_val_loss"], "last": row,
+              "model": model}
+    if main:
+        result["confusion"] = finish_run_dir(run_dir, cfg, ps, val_idx)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def save_epoch(run_dir: Path, row: dict, state: dict, model, optimizer, scheduler, cfg: TrainConfig,
+               ps: PatchSet) -> dict:
+    """Append the metrics line, then write best.pt (when the validation loss dropped) and last.pt."""
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    best = min(state["best_val_loss"], row["val_loss"])
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": row["epoch"], "best_val_loss": best, "val_loss": row["val_loss"], "config": cfg.to_dict(),
+            "build": ps.build, "manifest_sha256": ps.manifest_sha256, "rng": rng_state(), "versions": versions()}
+    if row["val_loss"] < state["best_val_loss"]:
+        save_checkpoint(run_dir / "best.pt", ckpt)
+    save_checkpoint(run_dir / "last.pt", ckpt)
+    return {"epoch": row["epoch"], "best_val_loss": best}
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, shards: str | os.PathLike, device: str = "auto",
+                        batch_size: int = 1024, full_verify: bool = False, log=print) -> dict:
+    """The paper's patch metrics (Table 2: PRE, SPE, ACC, F-score; and SEN), the mean loss and the
+    confusion matrix (rows true, columns predicted) of a checkpoint on every patch of a shard folder."""
+    ckpt = load_checkpoint(checkpoint)
+    manifest = check_manifest(shards)
+    other = check_preprocessing(Path(shards) / MANIFEST, manifest["build"], ckpt["build"], f"checkpoint {checkpoint}")
+    if other:
+        log(f"note: the shards differ from the training shards only in sampling parameters {other}")
+    dev = pick_device(device)
+    ps = load_shards(shards, dev, full_verify, log)
+    model = OPConvNet(ckpt["config"]["dropout"]).to(dev)
+    model.load_state_dict(ckpt["model"])
+    loss, cm = evaluate(model, ps.x, ps.y, torch.arange(len(ps), device=dev), batch_size)
+    cm = cm.cpu().numpy()
+    m = summarize(float(loss), cm)
+    return {"checkpoint": str(checkpoint), "shards": str(shards), "patches": len(ps),
+            "counts": [int(c) for c in cm.sum(axis=1)], "loss": m.pop("val_loss"), **{k: m[k] for k in METRICS},
+            "confusion": cm.tolist(), "sampling_differences": other}
