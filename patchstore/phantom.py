@@ -129,13 +129,16 @@ def _hu_table(rng: np.random.Generator, n_vertebrae: int) -> np.ndarray:
 
 def _layout(rng: np.random.Generator, size: int, slices: int) -> _Layout:
     """Spacing, body, spine curve, levels and segments of one case."""
-    dxy = rng.uniform(0.6, 0.9) * 512 / size  # the body fits the field of view at any size
+    # A spine-centred field of view as in the CSI scans (0.31-0.45 mm at 512): OP-convNet's 32x32
+    # patches need vertebrae tens of pixels wide. Smaller sizes zoom out gently (0.7-1.0 mm at 128).
+    dxy = rng.uniform(0.31, 0.45) * (512 / size) ** 0.6
     dz = rng.uniform(2.0, 3.5) * min(1.0, np.sqrt(48 / slices))  # CSI-like ~0.6-1 mm at 550
-    fov, extent = size * dxy, slices * dz
-    a = fov * rng.uniform(0.37, 0.43)
+    extent = slices * dz
+    k = rng.uniform(0.85, 1.05)  # adult torso, about 270-340 mm wide
+    a = 160.0 * k
     b = a * rng.uniform(0.62, 0.72)
-    k = a / 160.0
-    cx, cy = rng.uniform(-0.04, 0.04, 2) * fov
+    # body centre placed so the vertebral canal sits near the middle of the field of view
+    cx, cy = rng.uniform(-5, 5), -0.06 * b - 22.0 * k + rng.uniform(-5, 5)
     curve = (cx, rng.uniform(2, 8) * k, rng.uniform(0.3, 0.8), rng.uniform(0, 2 * np.pi),
              cy + 0.06 * b, rng.uniform(4, 10) * k, rng.uniform(0.4, 0.9), rng.uniform(0, 2 * np.pi))
     z_pel = extent * rng.uniform(0.14, 0.22)

@@ -42,11 +42,12 @@ def test_shapes_and_dtypes(phantom):
     assert set(np.unique(phantom.mask)) == {0, 1}
 
 
-def test_hu_range_with_air(phantom):
-    """HU lie in [-1024, 3071] and air surrounds the body."""
+def test_hu_range_with_lungs_fat_and_tissue(phantom):
+    """HU lie in [-1024, 3071]; the spine-centred field of view holds lung, fat and soft tissue."""
     assert phantom.image.min() >= -1024 and phantom.image.max() <= 3071
-    assert (phantom.image < -900).mean() > 0.2
-    assert (phantom.image[:, 0, :] < -900).all()
+    assert (phantom.image < -700).mean() > 0.02
+    assert ((phantom.image > -150) & (phantom.image < -60)).mean() > 0.002
+    assert ((phantom.image > 0) & (phantom.image < 80)).mean() > 0.2
 
 
 def test_mask_lies_on_bone(phantom):
@@ -78,7 +79,7 @@ def test_unlabelled_bone_near_vertebrae():
     ph = make_phantom(np.random.default_rng(11), 96, 32)
     mask = ph.mask.astype(bool)
     other = (ph.image >= 300) & ~mask
-    assert other.sum() > 0.3 * mask.sum()
+    assert other.sum() > 0.2 * mask.sum()
     near = other & ndimage.binary_dilation(mask, iterations=2)
     assert near.sum() > 20
 
@@ -102,7 +103,7 @@ def test_csi_sized_spacing_shrinks_slices():
     """Above 48 slices the slice spacing shrinks so the spine keeps a plausible length."""
     from patchstore.phantom import _layout
     lay = _layout(np.random.default_rng(0), 512, 550)
-    assert 0.5 < lay.dz < 1.1 and 0.6 <= lay.dxy <= 0.9
+    assert 0.5 < lay.dz < 1.1 and 0.31 <= lay.dxy <= 0.45  # CSI: 0.31-0.45 mm
     inside = [v for v in lay.vertebrae if v.z1 > 0 and v.z0 < 550 * lay.dz]
     assert 14 <= len(inside) <= 21
 

@@ -19,13 +19,13 @@ from train.checkpoint import CheckpointError, load_checkpoint
 from train.config import TrainConfig
 from train.loop import train
 
-# tiny: 3 volumes (48 + 64 + 80 patches), ~140 training patches, batches of 16 -> 8 steps an epoch
+# tiny: 3 volumes (24 + 40 + 56 patches), 96 training patches, batches of 16 -> 6 steps an epoch
 CFG = TrainConfig(epochs=3, batch_size=16, init="kaiming", lr=0.005, seed=7, quiet=True)
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    return make_shards(tmp_path_factory.mktemp("shards"), volumes=3, per_volume=48)
+    return make_shards(tmp_path_factory.mktemp("shards"), volumes=3, per_volume=24)
 
 
 @pytest.fixture(scope="module")
