@@ -20,13 +20,27 @@ from train.loop import new_model
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    return make_shards(tmp_path_factory.mktemp("shards"), volumes=2, per_volume=24)
+    """Noise patches: an untrained model's calls are independent of the labels (a mixed confusion matrix)."""
+    return make_shards(tmp_path_factory.mktemp("shards"), volumes=2, per_volume=24, learnable=False)
 
 
-def random_checkpoint(path, build: dict) -> None:
-    """An untrained He-initialised model: its predictions mix both classes."""
+def all_patches(shards) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 1, 32, 32) float32 network input and (N,) labels, read with plain h5py in manifest order."""
+    x, y = [], []
+    for name in ("case0.h5", "case1.h5"):
+        with ShardReader(shards / name) as r:
+            x.append(to_unit(r.patches[:])[:, None])
+            y.append(r.labels[:])
+    return np.concatenate(x), np.concatenate(y)
+
+
+def mixed_checkpoint(path, build: dict, shards) -> None:
+    """An untrained model whose fc3 bias is shifted so that it calls about half the patches vertebra."""
     cfg = TrainConfig(init="kaiming", seed=3)
-    model = new_model(cfg, torch.device("cpu"))
+    model = new_model(cfg, torch.device("cpu")).eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(all_patches(shards)[0]))
+        model.fc3.bias[1] -= (logits[:, 1] - logits[:, 0]).median() + 1e-4
     save_checkpoint(path, {"model": model.state_dict(), "epoch": 0, "config": cfg.to_dict(), "build": build})
 
 
@@ -59,16 +73,12 @@ def test_evaluate_metrics_equal_hand_computed(shards, tmp_path):
     ckpt = tmp_path / "model.pt"
     with ShardReader(shards / "case0.h5") as r:
         build = r.attrs["build"]
-    random_checkpoint(ckpt, build)
-    model = new_model(TrainConfig(), torch.device("cpu"))
+    mixed_checkpoint(ckpt, build, shards)
+    model = new_model(TrainConfig(), torch.device("cpu")).eval()
     model.load_state_dict(load_checkpoint(ckpt)["model"])
-    model.eval()
-    preds, labels = [], []
-    for name in ("case0.h5", "case1.h5"):
-        with ShardReader(shards / name) as r, torch.no_grad():
-            preds.append(model(torch.from_numpy(to_unit(r.patches[:]))[:, None]).argmax(1).numpy())
-            labels.append(r.labels[:])
-    p, t = np.concatenate(preds), np.concatenate(labels)
+    x, t = all_patches(shards)
+    with torch.no_grad():
+        p = model(torch.from_numpy(x)).argmax(1).numpy()
     tp, fp = int(((p == 1) & (t == 1)).sum()), int(((p == 1) & (t == 0)).sum())
     tn, fn = int(((p == 0) & (t == 0)).sum()), int(((p == 0) & (t == 1)).sum())
     assert min(tp, fp, tn, fn) > 0  # a real mix, so every ratio is exercised
@@ -86,7 +96,7 @@ def test_evaluate_refuses_other_preprocessing(shards, tmp_path):
     """Shards windowed with another hu_max than the checkpoint's are refused, naming the field."""
     ckpt = tmp_path / "model.pt"
     with ShardReader(shards / "case0.h5") as r:
-        random_checkpoint(ckpt, {**r.attrs["build"], "hu_max": 2000.0})
+        mixed_checkpoint(ckpt, {**r.attrs["build"], "hu_max": 2000.0}, shards)
     result = CliRunner().invoke(main, ["evaluate", str(ckpt), str(shards)])
     assert result.exit_code == 1
     assert "hu_max=1500.0" in result.output and "has 2000.0" in result.output
@@ -96,7 +106,7 @@ def test_evaluate_accepts_other_sampling(shards, tmp_path):
     """Shards differing only in sampling (e.g. built with --no-rus) evaluate, with a note."""
     ckpt = tmp_path / "model.pt"
     with ShardReader(shards / "case0.h5") as r:
-        random_checkpoint(ckpt, {**r.attrs["build"], "rus": False, "stride": 8})
+        mixed_checkpoint(ckpt, {**r.attrs["build"], "rus": False, "stride": 8}, shards)
     result = CliRunner().invoke(main, ["evaluate", str(ckpt), str(shards)])
     assert result.exit_code == 0, result.output
     assert "['rus', 'stride']" in result.output and "PRE" in result.output

@@ -23,8 +23,8 @@ CPU = torch.device("cpu")
 
 
 def make_shards(folder: Path, volumes: int = 3, per_volume: int = 64, dtype: str = "uint8", seed: int = 0,
-                slices: int = 8, **build_overrides) -> Path:
-    """A shard folder of ``volumes`` shards; vertebra patches hold a bright square, so a net can learn."""
+                slices: int = 8, learnable: bool = True, **build_overrides) -> Path:
+    """A shard folder of ``volumes`` shards; with ``learnable`` vertebra patches hold a bright square."""
     cfg = BuildConfig(dtype=dtype, **build_overrides)
     build = cfg.to_dict()
     rng = np.random.default_rng(seed)
@@ -33,7 +33,8 @@ def make_shards(folder: Path, volumes: int = 3, per_volume: int = 64, dtype: str
         n = per_volume + 16 * v  # volumes of different sizes
         labels = (rng.random(n) < 0.5).astype(np.uint8)
         unit = rng.random((n, 32, 32), dtype=np.float32) * 0.3
-        unit[labels == 1, 8:24, 8:24] += 0.6
+        if learnable:
+            unit[labels == 1, 8:24, 8:24] += 0.6
         patches = (np.rint(unit * 255).astype(np.uint8) if dtype == "uint8" else unit.astype(np.float16))
         z = np.sort(rng.integers(0, slices, n))
         origin = np.stack([z, rng.integers(0, 100, n), rng.integers(0, 100, n), np.zeros(n, int)], 1)

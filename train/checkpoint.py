@@ -54,8 +54,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         what = f" such as {found.group(1)}" if found else ""
         raise CheckpointError(f"{path}: holds pickled Python objects{what}, not only tensors and plain "
                               f"values; refusing to load it (torch.load with weights_only=True)") from e
-    except (RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from e
+    except Exception as e:  # garbage input fails in many ways inside torch.load; name the file
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: holds a {type(ckpt).__name__}; expected a checkpoint dict")
     missing = [k for k in REQUIRED if k not in ckpt]
