@@ -23,8 +23,9 @@ of the pooled map.
 Memory: everything is pixel-major (channels last) and processed in bands of ``band_rows`` output
 rows; per slice only P2 ((H+8) x (W+8) x 128 float32, 139 MB at 512x512) is kept whole. Band
 buffers are allocated once and reused (glibc malloc turns repeated large temporaries into mmap /
-page-fault storms; alternatively run with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1 ... see
-tools/bench_infer.py).
+page-fault storms); the oneDNN conv temporaries of stage 1 stay below glibc's 32 MB mmap limit
+for 512-wide slices. Running with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1 is an alternative.
+
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from infer.patch_engine import (
-    PAD_AFTER,
-    PAD_BEFORE,
     check_slices,
     fp32_precision,
     pad_slices,
@@ -102,7 +101,9 @@ def _sum_into(out: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
     return out
 
 
-def _conv3_pool3(t: torch.Tensor, q: torch.Tensor, c3: torch.Tensor, m: torch.Tensor, p3: torch.Tensor) -> torch.Tensor:
+def _conv3_pool3(
+    t: torch.Tensor, q: torch.Tensor, c3: torch.Tensor, m: torch.Tensor, p3: torch.Tensor
+) -> torch.Tensor:
     """conv3 (per-patch zero padding) + relu + pool3 from the tap products T.
 
     t:  (rb+8, wc+8, 3(a), 3(b), 256) T_ab at P2 positions.       Workspaces:
@@ -113,21 +114,26 @@ def _conv3_pool3(t: torch.Tensor, q: torch.Tensor, c3: torch.Tensor, m: torch.Te
     """
     rb, wc = c3.shape[0], c3.shape[1]
     for s in range(3):  # valid row taps: a = u - s + 1 in [0, 2]
-        _sum_into(q[:, :, s], [t[4 * u : 4 * u + rb, :, u - s + 1] for u in range(3) if 0 <= u - s + 1 <= 2])
+        rows = [t[4 * u : 4 * u + rb, :, u - s + 1] for u in range(3) if 0 <= u - s + 1 <= 2]
+        _sum_into(q[:, :, s], rows)
     for tt in range(3):  # valid column taps: b = v - tt + 1 in [0, 2]
-        _sum_into(c3[:, :, tt], [q[:, 4 * v : 4 * v + wc, :, v - tt + 1] for v in range(3) if 0 <= v - tt + 1 <= 2])
+        cols = [q[:, 4 * v : 4 * v + wc, :, v - tt + 1] for v in range(3) if 0 <= v - tt + 1 <= 2]
+        _sum_into(c3[:, :, tt], cols)
     torch.maximum(c3[:, :, :, :2], c3[:, :, :, 1:], out=m)
     torch.maximum(m[:, :, :2], m[:, :, 1:], out=p3)
     return p3.relu_()
 
 
 def _check_architecture(model: OPConvNet) -> None:
-    found = [(l.kernel_size, l.stride, l.padding) for l in (model.conv1, model.pool1, model.conv2, model.pool2, model.conv3, model.pool3)]
-    found = [tuple(v if isinstance(v, tuple) else (v, v) for v in f) for f in found]
+    layers = (model.conv1, model.pool1, model.conv2, model.pool2, model.conv3, model.pool3)
+    pair = lambda v: tuple(v) if isinstance(v, tuple) else (v, v)  # noqa: E731
+    found = [(pair(x.kernel_size), pair(x.stride), pair(x.padding)) for x in layers]
     expected = [((3, 3), (2, 2), (0, 0)), ((3, 3), (2, 2), (0, 0)), ((3, 3), (1, 1), (0, 0)),
                 ((3, 3), (1, 1), (0, 0)), ((3, 3), (1, 1), (1, 1)), ((2, 2), (1, 1), (0, 0))]
     if found != expected:
-        raise ValueError(f"DenseOPConvNet needs Table 1's layers (kernel, stride, padding) {expected}, got {found}")
+        raise ValueError(
+            f"DenseOPConvNet needs Table 1's layers (kernel, stride, padding) {expected}, got {found}"
+        )
 
 
 class DenseOPConvNet(nn.Module):
@@ -245,7 +251,10 @@ class DenseOPConvNet(nn.Module):
     def _fc_write(self, p3: torch.Tensor, need: torch.Tensor | None, out: torch.Tensor) -> None:
         """p3 (rb*wc, 1024) pooled features; fc1..fc3 on needed pixels into out (2, rb, wc)."""
         idx = None if need is None or bool(need.all()) else need.reshape(-1).nonzero().squeeze(1)
-        x = p3 if idx is None else torch.index_select(p3, 0, idx, out=self._buf("g", (idx.numel(), p3.shape[1])))
+        if idx is None:
+            x = p3
+        else:
+            x = torch.index_select(p3, 0, idx, out=self._buf("g", (idx.numel(), p3.shape[1])))
         n = x.shape[0]
         h1 = torch.addmm(self.bf1, x, self.wf1, out=self._buf("h1", (n, self.wf1.shape[1]))).relu_()
         h2 = torch.addmm(self.bf2, h1, self.wf2, out=self._buf("h2", (n, self.wf2.shape[1]))).relu_()

@@ -66,6 +66,8 @@ def test_run_then_resume(shards, tmp_path):
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["config"]["batch_size"] == 8 and ckpt["config"]["init"] == "kaiming"
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["epochs"] == 2 and config["resumed_after_epochs"] == [1]
 
 
 def test_evaluate_metrics_equal_hand_computed(shards, tmp_path):

@@ -138,8 +138,8 @@ def test_bf16_is_refused_on_cpu(shards, tmp_path):
 
 
 def test_paper_init_and_patch_split(shards, tmp_path):
-    """The paper's defaults (N(0, 0.01) init, random patch split) run and record the patch indices."""
-    cfg = TrainConfig(epochs=1, batch_size=16, max_steps=2, split_by="patch", quiet=True)
+    """The paper's init and random patch split (with channels_last) run and record the patch indices."""
+    cfg = TrainConfig(epochs=1, batch_size=16, max_steps=2, split_by="patch", channels_last=True, quiet=True)
     train(shards, tmp_path / "run", cfg)
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["by"] == "patch" and len(split["val"]["indices"]) == split["val"]["patches"]

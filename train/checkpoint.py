@@ -1,10 +1,11 @@
 """Checkpoints: a plain dict of tensors and plain values, loadable with ``weights_only=True``.
 
     {"model": state_dict, "optimizer": state_dict, "scheduler": state_dict,
-     "epoch": epochs completed, "best_val_loss": float, "config": TrainConfig as dict,
+     "epoch": epochs completed, "val_loss": float, "best_val_loss": float,
+     "config": TrainConfig as dict,
      "build": the shard manifest's build parameters (so inference preprocesses identically),
-     "manifest_sha256": str, "rng": {"torch": uint8 tensor, "cuda": [uint8 tensor, ...]},
-     "versions": {"torch": str, "python": str, "patchstore": str}}
+     "manifest_sha256": str, "versions": {"torch": str, "python": str, "patchstore": str},
+     "rng": {"torch": uint8 tensor, "cuda": [uint8 tensors], "permutation": next epoch's generator}}
 
 Written to a temporary file in the same folder and renamed, so ``last.pt`` is always complete
 even when the process is killed while saving.

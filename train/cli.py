@@ -87,7 +87,7 @@ def run(ctx: click.Context, shards: Path, out: Path | None, resume: Path | None,
         result = train(shards, run_dir, cfg, resume=resume is not None)
     except USER_ERRORS as e:
         raise click.ClickException(str(e)) from None
-    if "confusion" in result and not cfg.quiet:
+    if result.get("confusion") and not cfg.quiet:
         c = result["confusion"]
         click.echo(f"best epoch {c['epoch']}: val loss {c['val_loss']:.4f}, " +
                    ", ".join(f"{k} {c[k]:.4f}" for k in ("PRE", "SPE", "ACC", "F-score", "SEN")) + f" -> {run_dir}")

@@ -113,7 +113,8 @@ def train_epoch(net, optimizer, ps: PatchSet, train_idx: torch.Tensor, cfg: Trai
     steps = max(1, len(perm) // b)
     steps = min(steps, cfg.max_steps) if cfg.max_steps else steps
     torch.manual_seed(derive_seed(cfg.seed, DROPOUT, epoch, rank))
-    sums = torch.zeros(3, dtype=torch.float64, device=train_idx.device)  # loss sum, correct, samples
+    sums = torch.zeros(2, dtype=torch.float64, device=train_idx.device)  # loss sum, correct (this rank)
+    seen = 0  # samples of this rank
     amp = torch.autocast(ps.x.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
     net.train()
     bar = tqdm(total=steps * min(b, len(perm)), unit="sample", unit_scale=True, leave=False, disable=not show,
@@ -130,13 +131,14 @@ def train_epoch(net, optimizer, ps: PatchSet, train_idx: torch.Tensor, cfg: Trai
         (loss_sum * (world / len(batch))).backward()
         optimizer.step()
         with torch.no_grad():
-            sums += torch.stack([loss_sum.double(), (logits.argmax(1) == y).sum().double(),
-                                 torch.tensor(float(len(mine)), dtype=torch.float64, device=sums.device)])
+            sums += torch.stack([loss_sum.double(), (logits.argmax(1) == y).sum().double()])
+        seen += len(mine)
         bar.update(len(batch))
-        if show and (step % 10 == 9 or step == steps - 1):
-            bar.set_postfix(loss=f"{sums[0].item() / max(sums[2].item(), 1):.4f}")
+        if show and (step % 10 == 9 or step == steps - 1):  # .item() waits for the GPU: not every step
+            bar.set_postfix(loss=f"{sums[0].item() / max(seen, 1):.4f}")
     bar.close()
-    loss, correct, n = all_reduce_(sums, world).tolist()
+    totals = torch.cat([sums, torch.tensor([float(seen)], dtype=torch.float64, device=sums.device)])
+    loss, correct, n = all_reduce_(totals, world).tolist()
     return loss / n, correct / n, int(n)
 
 
@@ -206,11 +208,15 @@ def resume_state(run_dir: Path, cfg: TrainConfig, ps: PatchSet, model, optimizer
     return {"epoch": ckpt["epoch"], "best_val_loss": ckpt["best_val_loss"]}
 
 
-def reopen_run_dir(run_dir: Path, epoch: int) -> None:
-    """Drop metrics lines of epochs after the checkpoint (written before a kill) and temporary files."""
+def reopen_run_dir(run_dir: Path, epoch: int, cfg: TrainConfig) -> None:
+    """Drop metrics lines of epochs after the checkpoint (written before a kill) and temporary files;
+    record the (possibly longer) configuration and the resume in config.json."""
     remove_stale_temps(run_dir)
     rows = read_metrics(run_dir)
     write_json_lines(run_dir / "metrics.jsonl", [r for r in rows if r["epoch"] <= epoch])
+    config = json.loads((run_dir / "config.json").read_text())
+    config["resumed_after_epochs"] = config.get("resumed_after_epochs", []) + [epoch]
+    write_json_atomic(run_dir / "config.json", {**config, "config": cfg.to_dict(), "versions": versions()})
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -222,9 +228,12 @@ def write_json_lines(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def finish_run_dir(run_dir: Path, cfg: TrainConfig, ps: PatchSet, val_idx: torch.Tensor) -> dict:
+def finish_run_dir(run_dir: Path, cfg: TrainConfig, ps: PatchSet, val_idx: torch.Tensor) -> dict | None:
     """curves.png from metrics.jsonl; confusion.json/png of best.pt on the validation set."""
     plot_curves(read_metrics(run_dir), run_dir / "curves.png")
+    if not (run_dir / "best.pt").exists():  # every validation loss was NaN
+        print(f"warning: {run_dir}: no epoch had a finite validation loss; no best.pt", file=sys.stderr)
+        return None
     best = load_checkpoint(run_dir / "best.pt", map_location=ps.x.device)
     model = OPConvNet(cfg.dropout).to(ps.x.device)
     model.load_state_dict(best["model"])
@@ -260,7 +269,7 @@ def train(shards: str | os.PathLike, run_dir: str | os.PathLike, cfg: TrainConfi
     if resume:
         state = resume_state(run_dir, cfg, ps, model, optimizer, scheduler)
         if main:
-            reopen_run_dir(run_dir, state["epoch"])
+            reopen_run_dir(run_dir, state["epoch"], cfg)
     elif main:
         start_run_dir(run_dir, shards, cfg, ps, split, world, device)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -301,7 +310,9 @@ def save_epoch(run_dir: Path, row: dict, state: dict, model, optimizer, schedule
     best = min(state["best_val_loss"], row["val_loss"])
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": row["epoch"], "best_val_loss": best, "val_loss": row["val_loss"], "config": cfg.to_dict(),
-            "build": ps.build, "manifest_sha256": ps.manifest_sha256, "rng": rng_state(), "versions": versions()}
+            "build": ps.build, "manifest_sha256": ps.manifest_sha256, "versions": versions(),
+            # informational: resume re-derives both from (seed, epoch, rank), which is what makes it exact
+            "rng": {**rng_state(), "permutation": epoch_generator(cfg.seed, row["epoch"]).get_state()}}
     if row["val_loss"] < state["best_val_loss"]:
         save_checkpoint(run_dir / "best.pt", ckpt)
     save_checkpoint(run_dir / "last.pt", ckpt)

@@ -16,6 +16,8 @@ CLASSES = ("background", "vertebra")
 
 def plot_curves(rows: list[dict], path: str | os.PathLike) -> None:
     """Accuracy and loss per epoch, train and validation; ``rows`` are metrics.jsonl lines."""
+    if not rows:
+        return
     epochs = [r["epoch"] for r in rows]
     fig = Figure(figsize=(10, 4), layout="constrained")
     for ax, key, title in zip(fig.subplots(1, 2), ("acc", "loss"), ("(a) accuracy", "(b) loss")):
