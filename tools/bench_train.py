@@ -15,6 +15,7 @@ shared machine only ever slow a run down.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -143,7 +144,8 @@ def main() -> None:
 def run(folder: Path, args) -> None:
     b, steps = args.batch_size, args.steps
     print(f"torch {torch.__version__}, python {platform.python_version()}, {torch.get_num_threads()} threads, "
-          f"batch {b}, {steps} steps per measurement, best of {args.repeats}")
+          f"batch {b}, {steps} steps per measurement, best of {args.repeats}, load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     t = time.perf_counter()
     ps = load_shards(folder, torch.device("cpu"), log=lambda s: None)
     print(f"load_shards: {len(ps):,} patches onto the device in {time.perf_counter() - t:.2f} s")
@@ -175,6 +177,7 @@ def run(folder: Path, args) -> None:
         print(f"  {'torch.compile':32s} {cc:8.0f} samples/s   {100 * (cc / best['floor'] - 1):+.1f}% vs floor "
               f"(compiling took {start:.0f} s)")
     print(f"  {'bf16 autocast':32s}      n/a on CPU (GPU only: train run --amp bf16)")
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (other processes slow every number alike)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from patchstore.config import differing_fields
-from patchstore.shard import MANIFEST, ShardError, ShardReader, file_sha256, read_manifest
+from patchstore.shard import MANIFEST, ShardReader, file_sha256, read_manifest
 from patchstore.verify import verify
 from train.model import PATCH
 

@@ -9,7 +9,7 @@
     rank 0: curves.png, confusion.json/png of best.pt on the validation set
 
 Every random draw of an epoch is a function of (seed, epoch, rank), so a run resumed from
-last.pt continues exactly as if it had never stopped, on any number of ranks.
+last.pt continues exactly as if it had never stopped (with the same number of ranks).
 """
 
 from __future__ import annotations
@@ -53,14 +53,16 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, PERMUTATION, epoch))
 
 
-def setup_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size) from torchrun's RANK / WORLD_SIZE; joins the process group (NCCL or gloo)."""
+def setup_distributed(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, joined) from torchrun's RANK / WORLD_SIZE; joined: this call started the
+    process group (NCCL on GPUs, gloo on CPU), so the caller ends it."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1
+        return 0, 1, False
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if world > 1 and not dist.is_initialized():
+    joined = world > 1 and not dist.is_initialized()
+    if joined:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return rank, world
+    return rank, world, joined
 
 
 def pick_device(name: str) -> torch.device:
@@ -178,9 +180,6 @@ def versions() -> dict:
 
 def start_run_dir(run_dir: Path, shards: Path, cfg: TrainConfig, ps: PatchSet, split: dict, world: int,
                   device: torch.device) -> None:
-    if (run_dir / "last.pt").exists():
-        raise FileExistsError(f"{run_dir}: holds a run already (last.pt); resume it with --resume "
-                              f"or choose another output folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", {
         "config": cfg.to_dict(), "shards": str(shards.resolve()), "manifest_sha256": ps.manifest_sha256,
@@ -255,7 +254,10 @@ def train(shards: str | os.PathLike, run_dir: str | os.PathLike, cfg: TrainConfi
     device = pick_device(cfg.device)
     if cfg.amp == "bf16" and device.type != "cuda":
         raise ValueError(f"--amp bf16 is for GPUs only; the device is {device}")
-    rank, world = setup_distributed(device)
+    if not resume and (run_dir / "last.pt").exists():  # checked on every rank, so none waits for the others
+        raise FileExistsError(f"{run_dir}: holds a run already (last.pt); resume it with --resume "
+                              f"or choose another output folder")
+    rank, world, joined = setup_distributed(device)
     main, show = rank == 0, rank == 0 and not cfg.quiet
     ps = load_shards(shards, device, cfg.verify, log=print if show else lambda s: None)
     split = split_patches(ps, cfg.split_by, cfg.val_fraction, cfg.seed)
@@ -297,7 +299,8 @@ def train(shards: str | os.PathLike, run_dir: str | os.PathLike, cfg: TrainConfi
     if main:
         result["confusion"] = finish_run_dir(run_dir, cfg, ps, val_idx)
     if world > 1:
-        dist.barrier()
+        dist.barrier()  # rank 0 has written the run folder
+    if joined:
         dist.destroy_process_group()
     return result
 
