@@ -70,8 +70,9 @@ def volume(cts, checkpoint, out, engine, skip_zero, batch_slices, device, bf16, 
 
     from infer.metrics import format_table, segmentation_metrics
     from infer.overlay import write_overlays
-    from infer.predict import load_model, pick_device, read_reference, segment
+    from infer.predict import load_model, read_reference, segment
     from patchstore.volume import VolumeError, read_volume, write_mask, write_oriented
+    from train.loop import pick_device
     if reference and len(reference) != len(cts):
         raise click.BadParameter(f"{len(reference)} --reference for {len(cts)} CTs; expected one per CT")
     cts = list(cts)

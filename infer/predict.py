@@ -50,14 +50,6 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[OPConvNet,
     return model.to(device).eval(), BuildConfig.from_dict(ckpt["build"])
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available; expected 'cpu' or 'auto'")
-    return torch.device(name)
-
-
 def vertebra_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, *, engine: str = "dense",
                          skip_zero: bool = True, batch_slices: int = 4, device: torch.device | None = None,
                          bf16: bool = False, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, float]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from patchstore.shard import MANIFEST
-from tests.test_train_data import make_shards
+from tests.conftest import make_shards
 from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.loop import train

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from patchstore.preprocess import to_unit
 from patchstore.shard import ShardReader
-from tests.test_train_data import make_shards
+from tests.conftest import make_shards
 from train.checkpoint import load_checkpoint, save_checkpoint
 from train.cli import main
 from train.config import TrainConfig

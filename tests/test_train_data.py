@@ -1,8 +1,4 @@
-"""Tests for train.data: loading shards onto the device, checks before loading, the split.
-
-``make_shards`` (tiny shard folders of random, learnable patches) is shared by the other
-tests/test_train_*.py files.
-"""
+"""Tests for train.data: loading shards onto the device, checks before loading, the split."""
 
 from __future__ import annotations
 
@@ -13,40 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from patchstore.config import BuildConfig
 from patchstore.preprocess import to_unit
-from patchstore.shard import MANIFEST, ShardReader, ShardWriter, make_manifest, shard_entry, write_json_atomic
+from patchstore.shard import MANIFEST, ShardReader, write_json_atomic
+from tests.conftest import make_shards
 from train import data
 from train.data import DataError, batch_input, choose_volumes, load_shards, split_patches
 
 CPU = torch.device("cpu")
-
-
-def make_shards(folder: Path, volumes: int = 3, per_volume: int = 64, dtype: str = "uint8", seed: int = 0,
-                slices: int = 8, learnable: bool = True, **build_overrides) -> Path:
-    """A shard folder of ``volumes`` shards; with ``learnable`` vertebra patches hold a bright square."""
-    cfg = BuildConfig(dtype=dtype, **build_overrides)
-    build = cfg.to_dict()
-    rng = np.random.default_rng(seed)
-    entries = []
-    for v in range(volumes):
-        n = per_volume + 16 * v  # volumes of different sizes
-        labels = (rng.random(n) < 0.5).astype(np.uint8)
-        unit = rng.random((n, 32, 32), dtype=np.float32) * 0.3
-        if learnable:
-            unit[labels == 1, 8:24, 8:24] += 0.6
-        patches = (np.rint(unit * 255).astype(np.uint8) if dtype == "uint8" else unit.astype(np.float16))
-        z = np.sort(rng.integers(0, slices, n))
-        origin = np.stack([z, rng.integers(0, 100, n), rng.integers(0, 100, n), np.zeros(n, int)], 1)
-        counts = [int(c) for c in np.bincount(labels, minlength=2)]
-        attrs = {"build": build, "build_key": cfg.content_key(), "case_id": f"case{v}", "volume_key": f"{v + 1:064x}",
-                 "counts_before": counts, "counts_after": counts, "part": 0, "n_parts": 1, "first_index": 0}
-        path = folder / f"case{v}.h5"
-        with ShardWriter(path, attrs) as w:
-            w.write(patches, labels, origin.astype(np.int32))
-        entries.append(shard_entry(path))
-    write_json_atomic(folder / MANIFEST, make_manifest(build, cfg.content_key(), entries))
-    return folder
 
 
 def test_load_shards_holds_every_patch_in_manifest_order(tmp_path):

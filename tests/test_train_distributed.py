@@ -9,7 +9,7 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-from tests.test_train_data import make_shards
+from tests.conftest import make_shards
 from train.config import TrainConfig
 from train.loop import train
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_train_data import make_shards
+from tests.conftest import make_shards
 from train.checkpoint import CheckpointError, load_checkpoint
 from train.config import TrainConfig
 from train.loop import train

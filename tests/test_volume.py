@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,16 @@ from patchstore.volume import (Geometry, VolumeError, binarize, parse_labels, re
 from tests.conftest import LPS, RAS, TOTALSEG, lps_geometry
 
 
-def _write_sitk(path: Path, array_zyx: np.ndarray, spacing, origin, direction) -> Path:
+def _sitk_image(array_zyx: np.ndarray, spacing, origin, direction) -> sitk.Image:
     image = sitk.GetImageFromArray(array_zyx)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
-    sitk.WriteImage(image, str(path))
+    return image
+
+
+def _write_sitk(path: Path, array_zyx: np.ndarray, spacing, origin, direction) -> Path:
+    sitk.WriteImage(_sitk_image(array_zyx, spacing, origin, direction), str(path))
     return path
 
 
@@ -211,3 +216,23 @@ def test_real_totalsegmentator_ct_reads():
     assert 10_000 < case.mask.sum() < 50_000
     assert np.median(case.image[case.mask.astype(bool)]) > 150  # vertebrae are bone
     assert isinstance(case.geometry, Geometry)
+
+
+@pytest.mark.parametrize("perm", list(itertools.permutations(range(3))))
+@pytest.mark.parametrize("signs", list(itertools.product([1, -1], repeat=3)))
+def test_canonical_reorientation_equals_itk_dicomorient(perm, signs):
+    """Our one-copy NumPy reorientation equals ITK's DICOMOrient to LPS for all 48 axis orders and flips."""
+    from patchstore.volume import canonical_array, canonical_geometry
+    d = np.zeros((3, 3))
+    for j, i in enumerate(perm):
+        d[i, j] = signs[j]
+    c, s = np.cos(0.05), np.sin(0.05)
+    d = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ d  # slightly oblique
+    a = np.arange(120, dtype=np.int16).reshape(4, 5, 6)
+    image = _sitk_image(a, (0.5, 0.7, 2.0), (1.0, 2.0, 3.0), tuple(d.ravel()))
+    ref = sitk.DICOMOrient(image, "LPS")
+    g = canonical_geometry(Geometry.of(image), Path("x"))
+    np.testing.assert_array_equal(canonical_array(sitk.GetArrayViewFromImage(image), Geometry.of(image), Path("x")),
+                                  sitk.GetArrayFromImage(ref))
+    assert g.size == ref.GetSize() and g.spacing == pytest.approx(ref.GetSpacing())
+    assert g.origin == pytest.approx(ref.GetOrigin()) and g.direction == pytest.approx(ref.GetDirection())
