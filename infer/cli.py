@@ -36,6 +36,8 @@ def _outputs(inputs: list[Path], out: Path, suffix: str = ".nii.gz", tag: str = 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """Segment vertebrae in CT with a trained OP-convNet: every pixel's 32x32 patch, exactly."""
+    from patchstore.memory import keep_freed_memory
+    keep_freed_memory()  # large per-slice and per-volume temporaries: reuse freed pages
 
 
 @main.command()

@@ -48,6 +48,8 @@ def main() -> None:
     Typical use: `patchstore phantom data/ --cases 4`, `patchstore check data/`,
     `patchstore build data/ -o shards/`, `patchstore verify shards/`, then `train run shards/`.
     """
+    from patchstore.memory import keep_freed_memory
+    keep_freed_memory()  # volume after volume: reuse freed pages instead of page-faulting new ones
 
 
 @main.command()

@@ -6,8 +6,8 @@ Prints seconds per slice, pixels/s, MACs per pixel, the fraction of pixels skipp
 fp32 matmul rate and how far each engine is from its arithmetic floor (its MACs at that rate).
 The patch engine is timed on --patch-pixels random pixels and extrapolated (stated in the output).
 Weights are random (timings do not depend on them). The dense engine reuses preallocated band
-buffers; glibc's malloc can still be tamed for the conv temporaries with
-MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1 (the settings in effect are printed).
+buffers, and malloc is tuned as the `infer` CLI does (patchstore.memory.keep_freed_memory:
+no mmap for large blocks, no trimming); --default-malloc keeps glibc's defaults to compare.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from infer.dense import DenseOPConvNet, dense_macs_per_pixel, patch_nonzero
 from infer.patch_engine import patch_logits, patch_macs_per_pixel
 from patchstore.config import BuildConfig
+from patchstore.memory import keep_freed_memory
 from patchstore.preprocess import preprocess, to_unit
 from train.model import OPConvNet
 
@@ -60,7 +61,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--band-rows", type=int, default=16)
     ap.add_argument("--tile-cols", type=int, default=512)
+    ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc settings")
     args = ap.parse_args()
+    tuned = not args.default_malloc and keep_freed_memory()
 
     x = load_slices(args.ct, args.slices)
     n_s, h, w = x.shape
@@ -69,9 +72,7 @@ def main() -> None:
     dense = DenseOPConvNet(model, band_rows=args.band_rows, tile_cols=args.tile_cols)
     print(f"CT {args.ct}: {n_s} slices of {h}x{w}; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.2f}")
-    print("malloc: dense engine reuses preallocated band buffers; MALLOC_MMAP_MAX_="
-          f"{os.environ.get('MALLOC_MMAP_MAX_', 'unset')} MALLOC_TRIM_THRESHOLD_="
-          f"{os.environ.get('MALLOC_TRIM_THRESHOLD_', 'unset')}")
+    print(f"malloc: dense engine reuses preallocated band buffers; tuned as the infer CLI does: {tuned}")
     rate0 = matmul_gmacs()
 
     need = patch_nonzero(x)
