@@ -70,8 +70,9 @@ def volume(cts, checkpoint, out, engine, skip_zero, batch_slices, device, bf16, 
     """Segment each CT (NIfTI, MHA/MHD, NRRD or a DICOM series folder) into a vertebra mask."""
     from tqdm import tqdm
 
-    from infer.metrics import format_table, segmentation_metrics
+    from infer.metrics import format_table, label_rule_mask, segmentation_metrics
     from infer.overlay import write_overlays
+    from train.metrics import ratio
     from infer.predict import load_model, read_reference, segment
     from patchstore.volume import VolumeError, read_volume, write_mask, write_oriented
     from train.loop import pick_device
@@ -113,8 +114,13 @@ def volume(cts, checkpoint, out, engine, skip_zero, batch_slices, device, bf16, 
             entry["metrics"] = segmentation_metrics(pred.mask, ref, sp, tolerance_mm)
             if postprocess:
                 entry["metrics_raw"] = segmentation_metrics(pred.raw, ref, sp, tolerance_mm)
+            ideal = label_rule_mask(ref, cfg.patch)
+            ceiling = {"DSC": ratio(2 * int((ideal & ref).sum()), int(ideal.sum() + ref.sum()))}
+            entry["label_rule_ceiling_DSC"] = ceiling["DSC"]
             if not as_json:
                 click.echo(format_table(entry["metrics"], title=f"{_case_name(ct)} vs {reference[i]}"))
+                click.echo(f"DSC ceiling of the {cfg.patch}x{cfg.patch} patch label rule at this pixel size "
+                           f"(an ideal patch classifier): {ceiling['DSC']:.2%}")
         if overlay:
             write_overlays(overlay / _case_name(ct), vol.array, pred.mask, ref, vol.geometry.spacing_zyx)
         report[str(ct)] = entry

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infer.patch_engine import (
+    PAD_BEFORE,
     check_slices,
     fp32_precision,
     pad_slices,
@@ -58,15 +59,23 @@ __all__ = [
 
 
 def patch_nonzero(slices: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) float -> (B, H, W) bool: does the pixel's 32x32 window hold any nonzero value?
+    """(B, H, W) float -> (B, H, W) bool: does the part of the pixel's patch the network reads hold
+    any nonzero value? Pixels answered False get exactly the zero patch's logits.
 
-    Exact integer box sum (integral image) of the nonzero indicator over the same window as the
-    patch engine (rows r-16 .. r+15, columns c-16 .. c+15, zero outside the slice).
+    conv1 (3x3, stride 2, no padding) has 15 outputs u = 0..14 along each axis; output u reads
+    patch rows 2u .. 2u+2, so rows 0 .. 30 are read and row 31 never is (likewise columns). Every
+    later layer only sees conv1's output, so the logits depend on the 31x31 window::
+
+        patch row:     0 ........ 16 ........ 30 | 31
+        slice row:  r-16 ........  r ...... r+14 | r+15   (never read)
+
+    Exact integer box sum (integral image) of the nonzero indicator over rows r-16 .. r+14 and
+    columns c-16 .. c+14, zero outside the slice.
     """
-    nz = pad_slices((slices != 0).to(torch.int32))  # (B, H+31, W+31)
-    ii = F.pad(nz.cumsum(1).cumsum(2), (1, 0, 1, 0))  # (B, H+32, W+32) int64
-    box = ii[:, PATCH:, PATCH:] - ii[:, :-PATCH, PATCH:] - ii[:, PATCH:, :-PATCH] + ii[:, :-PATCH, :-PATCH]
-    return box > 0
+    k = PATCH - 1  # 31: the read window
+    nz = F.pad((slices != 0).to(torch.int32), (PAD_BEFORE, k - 1 - PAD_BEFORE) * 2)  # (B, H+30, W+30)
+    ii = F.pad(nz.cumsum(1).cumsum(2), (1, 0, 1, 0))  # (B, H+31, W+31) int64
+    return (ii[:, k:, k:] - ii[:, :-k, k:] - ii[:, k:, :-k] + ii[:, :-k, :-k]) > 0
 
 
 def _maxpool3(x: torch.Tensor, d: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -290,7 +299,8 @@ def classify_slices(
     """(B, H, W) float32 slices in [0, 1] -> (B, 2, H, W) float32 logits of every pixel's patch.
 
     engine "dense" (exact fully convolutional) or "patches" (reference, needs an OPConvNet);
-    skip_zero: pixels whose 32x32 window is all zero get the zero patch's logits (exact).
+    skip_zero: pixels whose read 31x31 window (see patch_nonzero) is all zero get the zero patch's
+        logits (exact).
     """
     need = patch_nonzero(slices) if skip_zero else None
     if engine == "patches":

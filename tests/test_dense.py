@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from infer.dense import DenseOPConvNet, classify_slices, dense_macs_per_pixel, patch_nonzero
-from infer.patch_engine import patch_logits, patch_macs_per_pixel
+from infer.patch_engine import patch_logits, patch_macs_per_pixel, zero_patch_logits
 from train.model import PATCH, OPConvNet
 
 
@@ -109,14 +109,30 @@ def test_zero_skip_is_exact() -> None:
 
 
 def test_patch_nonzero_brute_force() -> None:
-    """patch_nonzero equals checking every pixel's zero-padded 32x32 window directly."""
+    """patch_nonzero equals checking every pixel's zero-padded 31x31 read window directly."""
     x = torch.zeros(2, 45, 37)
     x[0, 3, 5] = 0.5
     x[0, 44, 36] = 1.0
     x[1, 20:22, 30] = 0.1
     padded = torch.nn.functional.pad(x, (16, 15, 16, 15))
-    brute = padded.unfold(1, PATCH, 1).unfold(2, PATCH, 1).ne(0).flatten(3).any(3)
-    assert torch.equal(patch_nonzero(x), brute)
+    windows = padded.unfold(1, PATCH, 1).unfold(2, PATCH, 1)[..., : PATCH - 1, : PATCH - 1]
+    assert torch.equal(patch_nonzero(x), windows.ne(0).flatten(3).any(3))
+
+
+def test_last_patch_row_and_column_are_never_read() -> None:
+    """A pixel whose only nonzero value sits at offset +15 (patch row or column 31) gets exactly the
+    zero patch's logits from the patch engine, and patch_nonzero skips it."""
+    model = _model(14, 3.0)
+    x = torch.zeros(1, 40, 40)
+    x[0, 30, 30] = 0.9
+    ref = patch_logits(model, x)  # one batch: every all-zero window gives the same bits
+    zero = ref[0, :, 0, 0]
+    assert torch.equal(ref[0, :, 0, 0], ref[0, :, 39, 0])
+    _close(zero, zero_patch_logits(model))
+    for r, c in [(15, 15), (15, 20), (15, 39), (20, 15), (39, 15)]:  # 30 = r+15 or 30 = c+15
+        assert torch.equal(ref[0, :, r, c], zero), (r, c)
+        assert not patch_nonzero(x)[0, r, c]
+    assert not torch.equal(ref[0, :, 16, 16], zero) and patch_nonzero(x)[0, 16, 16]
 
 
 def test_mac_counts_from_layer_shapes() -> None:

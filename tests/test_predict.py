@@ -119,6 +119,7 @@ def test_metrics_against_reference_and_evaluate(tmp_path, checkpoint, rng):
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)[str(ct)]
     assert set(report["metrics"]) >= {"DSC", "JAC", "SEN", "PRE", "SPE", "ACC", "BF", "HD95", "ASSD", "F1_PRE_SEN_eq5"}
+    assert report["label_rule_ceiling_DSC"] == 0.0  # a 12x12 block never fills half a 32x32 patch
     ev = r.invoke(main, ["evaluate", str(tmp_path / "pred.nii.gz"), str(ref_path), "--labels", "25-50", "--json"])
     assert ev.exit_code == 0, ev.output
     assert json.loads(ev.output)["DSC"] == pytest.approx(report["metrics"]["DSC"])
