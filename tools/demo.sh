@@ -10,9 +10,11 @@ patchstore phantom "$OUT/test" --cases 1 --seed 1000          # a case the netwo
 patchstore check "$OUT/train"
 patchstore build "$OUT/train" -o "$OUT/shards" --stride 12 --workers 2 --quiet
 patchstore verify "$OUT/shards"
-patchstore info "$OUT/shards" | tail -n +1 | head -8
+patchstore info "$OUT/shards"
 train run "$OUT/shards" -o "$OUT/run" --epochs "$EPOCHS" --lr-step 4 --init kaiming --quiet
-train evaluate "$OUT/run/best.pt" "$OUT/shards"
+# Table 2 (patch classification) on the unseen case: every patch, no augmentation, no RUS
+patchstore build "$OUT/test" -o "$OUT/test-shards" --stride 12 --angles "" --translations 0 --no-rus --quiet
+train evaluate "$OUT/run/best.pt" "$OUT/test-shards"
 infer volume "$OUT/test/imagesTr/phantom_000_0000.nii.gz" -m "$OUT/run/best.pt" -o "$OUT/pred.nii.gz" \
     --reference "$OUT/test/labelsTr/phantom_000.nii.gz" --overlay "$OUT/overlays" --quiet
 echo "run folder: $OUT/run (metrics.jsonl, curves.png, confusion.png); mask: $OUT/pred.nii.gz; overlays: $OUT/overlays"
