@@ -53,5 +53,5 @@ def test_paper_initialisation():
     init_paper(b, generator=torch.Generator().manual_seed(1))
     w = a.fc1.weight.detach()
     assert abs(float(w.mean())) < 1e-3 and abs(float(w.std()) - 0.01) < 1e-4
-    assert all(float(m.bias.abs().max()) == 0 for m in (a.conv1, a.conv2, a.conv3, a.fc1, a.fc2, a.fc3))
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in (a.conv1, a.conv2, a.conv3, a.fc1, a.fc2, a.fc3))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
