@@ -97,9 +97,11 @@ def volume(cts, checkpoint, out, engine, skip_zero, batch_slices, device, bf16, 
             ref = read_reference(reference[i], vol, _labels(labels)) if reference else None
         except VolumeError as e:
             raise click.ClickException(str(e)) from None
-        with tqdm(total=vol.array.shape[0], desc=_case_name(ct), unit="slice", disable=quiet) as bar:
+        plane = vol.array.shape[1] * vol.array.shape[2]
+        with tqdm(total=vol.array.size, desc=_case_name(ct), unit="px", unit_scale=True, disable=quiet) as bar:
             pred = segment(model, cfg, vol, postprocess_on=postprocess, engine=engine, skip_zero=skip_zero,
-                           batch_slices=batch_slices, device=dev, bf16=bf16, progress=bar.update)
+                           batch_slices=batch_slices, device=dev, bf16=bf16,
+                           progress=lambda slices: bar.update(slices * plane))
         write_mask(dst, pred.mask, vol.geometry, vol.source)
         if prob_dst:
             write_oriented(prob_dst, pred.probability, vol.geometry, vol.source)

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import math
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -203,13 +204,16 @@ def build(input_path: str | Path, out: str | Path, cfg: BuildConfig, *, workers:
     jobs = make_jobs(input_path, part)
     result, entries = BuildResult(), []
     bar = tqdm(total=len(jobs), desc="volumes", unit="vol", disable=quiet)
+    made = {"patches": 0, "t0": time.perf_counter()}
 
     def collect(job: Job, outcome) -> None:
         status, job_entries = outcome
         (result.built if status == "built" else result.skipped).append(job.case.case_id)
         entries.extend(job_entries)
         n = sum(e["patches"] for e in job_entries)
-        bar.set_postfix_str(f"{job.case.case_id}: {status}, {n} patches")
+        made["patches"] += n if status == "built" else 0
+        rate = made["patches"] / max(time.perf_counter() - made["t0"], 1e-9)
+        bar.set_postfix_str(f"{job.case.case_id}: {status}, {n} patches; {rate:,.0f} patches/s")
         bar.update()
 
     def fail(job: Job, e: Exception) -> None:

@@ -36,6 +36,14 @@ def bone_volume(rng: np.random.Generator, shape=(6, 40, 44)) -> tuple[np.ndarray
 
 
 @pytest.fixture
+def totalseg() -> Path:
+    """The shared real abdominal CT (../shared/data/totalsegmentator beside the checkout)."""
+    if not (TOTALSEG / "example_ct.nii.gz").exists():
+        pytest.skip(f"{TOTALSEG} not found: the real-CT tests need ../shared beside the checkout")
+    return TOTALSEG
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from patchstore.check import check_dataset
 from patchstore.cli import main
 from patchstore.volume import write_volume
-from tests.conftest import TOTALSEG, lps_geometry
+from tests.conftest import lps_geometry
 
 
 def test_check_reports_each_case(tiny_dataset):
@@ -39,10 +39,10 @@ def test_check_wrong_labels_named(tiny_dataset):
     assert report.problems and "none of the selected labels 25,26 occurs; label values found: 0,1" in report.problems[0]
 
 
-def test_check_real_ct_vertebrae(tmp_path):
+def test_check_real_ct_vertebrae(tmp_path, totalseg):
     """On the real TotalSegmentator CT, --labels 25-50 reports its vertebrae."""
     csv = tmp_path / "real.csv"
-    csv.write_text(f"image,mask\n{TOTALSEG / 'example_ct.nii.gz'},{TOTALSEG / 'example_seg_fast_force_split.nii.gz'}\n")
+    csv.write_text(f"image,mask\n{totalseg / 'example_ct.nii.gz'},{totalseg / 'example_seg_fast_force_split.nii.gz'}\n")
     result = CliRunner().invoke(main, ["check", str(csv), "--labels", "25-50"])
     assert result.exit_code == 0, result.output
     line = result.output.splitlines()[0]

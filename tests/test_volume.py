@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from patchstore.volume import (Geometry, VolumeError, binarize, parse_labels, read_case, read_header,
                                read_volume, write_mask, write_volume)
-from tests.conftest import LPS, RAS, TOTALSEG, lps_geometry
+from tests.conftest import LPS, RAS, lps_geometry
 
 
 def _sitk_image(array_zyx: np.ndarray, spacing, origin, direction) -> sitk.Image:
@@ -207,9 +207,9 @@ def test_labels_parse_and_select():
     np.testing.assert_array_equal(binarize(m, parse_labels("25-50")), [[0, 0, 1, 1, 0]])
 
 
-def test_real_totalsegmentator_ct_reads():
+def test_real_totalsegmentator_ct_reads(totalseg):
     """The shared real CT reads canonically with its TotalSegmentator vertebrae (labels 25-50)."""
-    case = read_case(TOTALSEG / "example_ct.nii.gz", TOTALSEG / "example_seg_fast_force_split.nii.gz",
+    case = read_case(totalseg / "example_ct.nii.gz", totalseg / "example_seg_fast_force_split.nii.gz",
                      parse_labels("25-50"))
     assert case.source.orientation == "RAS" and case.geometry.orientation == "LPS"
     assert case.image.shape == (112, 101, 122)
