@@ -50,6 +50,9 @@ def main() -> None:
               help="dense: exact fully convolutional rewrite; patches: literal patch extraction (reference).")
 @click.option("--skip-zero/--no-skip-zero", default=True, show_default=True,
               help="Pixels whose whole patch is zero after windowing get the zero patch's class (exact).")
+@click.option("--body-mask", is_flag=True,
+              help="Also skip pixels outside the body (per slice: HU > -500, opening, largest component, "
+                   "holes filled): they get the zero patch's class. Faster; not exact.")
 @click.option("--batch-slices", default=4, show_default=True, help="Axial slices per batch (bounds memory).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--bf16", is_flag=True, help="bf16 autocast (GPU opt-in; logits then agree only approximately).")
@@ -65,7 +68,7 @@ def main() -> None:
               help="Write PNGs of a few slices with CT, reference and prediction (like the paper's Fig. 14).")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def volume(cts, checkpoint, out, engine, skip_zero, batch_slices, device, bf16, postprocess, probabilities,
+def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, device, bf16, postprocess, probabilities,
            reference, labels, tolerance_mm, overlay, as_json, quiet) -> None:
     """Segment each CT (NIfTI, MHA/MHD, NRRD or a DICOM series folder) into a vertebra mask."""
     from tqdm import tqdm
@@ -100,7 +103,7 @@ def volume(cts, checkpoint, out, engine, skip_zero, batch_slices, device, bf16, 
         plane = vol.array.shape[1] * vol.array.shape[2]
         with tqdm(total=vol.array.size, desc=_case_name(ct), unit="px", unit_scale=True, disable=quiet) as bar:
             pred = segment(model, cfg, vol, postprocess_on=postprocess, engine=engine, skip_zero=skip_zero,
-                           batch_slices=batch_slices, device=dev, bf16=bf16,
+                           body=body_mask, batch_slices=batch_slices, device=dev, bf16=bf16,
                            progress=lambda slices: bar.update(slices * plane))
         write_mask(dst, pred.mask, vol.geometry, vol.source)
         if prob_dst:

@@ -20,6 +20,11 @@ summed rows first, then columns (validity is separable). relu + pool3 (2x2 over 
 fc1/fc2/fc3 are then GEMMs over pixels, with fc1's weight reordered to the (t, s, channel) order
 of the pooled map.
 
+Skip mode (a ``need`` mask): pixel p reads P2 only at p + 4(k, l), k, l in 0..2, so T is computed
+only at those positions of needed pixels (one GEMM per row run), conv1..pool2 only on the column
+runs of such positions per stage-1 band, conv3 + pool3 only on the column runs of needed pixels per
+band and fc only on needed pixels. Exact: uncomputed positions reach only discarded pixels.
+
 Memory: everything is pixel-major (channels last) and processed in bands of ``band_rows`` output
 rows; per slice only P2 ((H+8) x (W+8) x 128 float32, 139 MB at 512x512) is kept whole. Band
 buffers are allocated once and reused (glibc malloc turns repeated large temporaries into mmap /
@@ -133,6 +138,47 @@ def _conv3_pool3(
     return p3.relu_()
 
 
+def _used_positions(need: torch.Tensor) -> torch.Tensor:
+    """(h, w) needed pixels -> (h+8, w+8) bool: the P2 positions their patches read.
+
+    Pixel r (band coordinates) reads P2 rows r, r+4, r+8 (its 3x3 pool2 map); likewise columns.
+    """
+    h, w = need.shape
+    rows = need.new_zeros(h + GRID, w)
+    for k in range(3):
+        rows[4 * k : 4 * k + h] |= need
+    used = need.new_zeros(h + GRID, w + GRID)
+    for k in range(3):
+        used[:, 4 * k : 4 * k + w] |= rows
+    return used
+
+
+def _runs(cols: torch.Tensor, gap: int) -> list[tuple[int, int]]:
+    """(w,) bool -> [(a, b)]: column ranges covering every True, merging runs at most gap apart."""
+    x = cols.nonzero().squeeze(1)
+    if x.numel() == 0:
+        return []
+    brk = ((x[1:] - x[:-1]) > gap + 1).nonzero().squeeze(1)
+    starts = [int(x[0])] + x[brk + 1].tolist()
+    ends = x[brk].tolist() + [int(x[-1])]
+    return [(a, b + 1) for a, b in zip(starts, ends)]
+
+
+def _row_runs(mask: torch.Tensor, gap: int) -> list[tuple[int, int, int]]:
+    """(h, w) bool -> [(row, a, b)]: per row, column ranges covering every True, merging runs at
+    most gap apart (one GEMM call costs about as much as a few positions)."""
+    m = F.pad(mask, (1, 1))
+    starts = (m[:, 1:-1] & ~m[:, :-2]).nonzero().tolist()
+    ends = (m[:, 1:-1] & ~m[:, 2:]).nonzero().tolist()
+    runs: list[tuple[int, int, int]] = []
+    for (k, a), (_, b) in zip(starts, ends):
+        if runs and runs[-1][0] == k and a - runs[-1][2] <= gap:
+            runs[-1] = (k, runs[-1][1], b + 1)
+        else:
+            runs.append((k, a, b + 1))
+    return runs
+
+
 def _check_architecture(model: OPConvNet) -> None:
     layers = (model.conv1, model.pool1, model.conv2, model.pool2, model.conv3, model.pool3)
     pair = lambda v: tuple(v) if isinstance(v, tuple) else (v, v)  # noqa: E731
@@ -149,11 +195,12 @@ class DenseOPConvNet(nn.Module):
     """Exact stride-1 rewrite of a trained OPConvNet: (B, H, W) slices -> (B, 2, H, W) logits.
 
     band_rows: output rows per band (>= 8; memory ~ band_rows * W * 55 KB at float32).
-    stage1_rows: P2 rows per conv1..pool2 band. dtype: compute dtype (bfloat16 is meant for GPU;
+    stage1_rows: P2 rows per conv1..pool2 band. tile_cols: columns per conv3 shift-add tile (32
+    keeps a tile's workspaces in cache: 2x faster than 512 on a 2-core CPU). dtype: compute dtype (bfloat16 is meant for GPU;
     results are then approximate). allow_tf32: let CUDA use TF32 (approximate); off by default.
     """
 
-    def __init__(self, model: OPConvNet, *, band_rows: int = 16, stage1_rows: int = 64, tile_cols: int = 64,
+    def __init__(self, model: OPConvNet, *, band_rows: int = 16, stage1_rows: int = 64, tile_cols: int = 32,
                  dtype: torch.dtype = torch.float32, allow_tf32: bool = False) -> None:
         super().__init__()
         _check_architecture(model)
@@ -183,6 +230,7 @@ class DenseOPConvNet(nn.Module):
         self.register_buffer("bf3", g(model.fc3.bias))
         self.register_buffer("zero", zero_patch_logits(model))
         self._ws: dict[str, torch.Tensor] = {}
+        self._have: torch.Tensor | None = None  # (band_rows+8, W+8) bool: T positions in "t"
 
     def _buf(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """A reused workspace view of the given shape (grown when too small)."""
@@ -208,7 +256,13 @@ class DenseOPConvNet(nn.Module):
         return out
 
     def _slice(self, x: torch.Tensor, need: torch.Tensor | None, out: torch.Tensor) -> None:
-        """x (H, W), need (H, W) bool or None; writes the needed pixels of out (2, H, W)."""
+        """x (H, W), need (H, W) bool or None; writes the needed pixels of out (2, H, W).
+
+        With a need mask, work is limited to what needed pixels read: conv1..pool2 to the column
+        runs of used P2 positions per stage-1 band, T to the row runs of used positions, conv3 /
+        pool3 to the column runs of needed pixels per band, fc to the needed pixels. Positions
+        left uncomputed hold stale values that only reach pixels whose logits are discarded.
+        """
         h, w = x.shape
         r0, r1, c0, c1 = 0, h, 0, w
         if need is not None:
@@ -218,11 +272,15 @@ class DenseOPConvNet(nn.Module):
             r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         rect = pad_slices(x[None])[0, r0 : r1 + PATCH - 2, c0 : c1 + PATCH - 2]  # (hr+30, wc+30)
         hr, wc = r1 - r0, c1 - c0
+        band_need = None if need is None else need[r0:r1, c0:c1]
+        used = None if need is None else _used_positions(band_need)  # (hr+8, wc+8)
         p2 = self._buf("p2", (hr + GRID, wc + GRID, self.wt.shape[0]))
         for y0 in range(0, hr + GRID, self.stage1_rows):
             y1 = min(y0 + self.stage1_rows, hr + GRID)
-            _stage1(rect[y0 : y1 + HALO], self.w1, self.b1, self.w2, self.b2, out=p2[y0:y1])
-        band_need = None if need is None else need[r0:r1, c0:c1]
+            spans = [(0, wc + GRID)] if used is None else _runs(used[y0:y1].any(0), 2 * HALO)
+            for a, b in spans:
+                _stage1(rect[y0 : y1 + HALO, a : b + HALO], self.w1, self.b1, self.w2, self.b2,
+                        out=p2[y0:y1, a:b])
         any_rows = None if need is None else band_need.any(1).tolist()
         prev = False
         for y0 in range(0, hr, self.band_rows):
@@ -231,30 +289,49 @@ class DenseOPConvNet(nn.Module):
             if any_rows is not None and not any(any_rows[y0 : y0 + rb]):
                 prev = False
                 continue
-            t = self._tap_products(p2, y0, rb, prev).view(rb + GRID, wc + GRID, 3, 3, -1)
+            ub = None if used is None else used[y0 : y0 + rb + GRID]
+            t = self._tap_products(p2, y0, rb, prev, ub).view(rb + GRID, wc + GRID, 3, 3, -1)
+            prev = True
             p3 = self._buf("p3", (rb, wc, 2, 2, t.shape[-1]))
-            for x0 in range(0, wc, self.tile_cols):  # column tiles keep the shift-adds in cache
-                xc = min(self.tile_cols, wc - x0)
-                _conv3_pool3(
-                    t[:, x0 : x0 + xc + GRID],
-                    self._buf("q", (rb, xc + GRID, 3, 3, t.shape[-1])),
-                    self._buf("c3", (rb, xc, 3, 3, t.shape[-1])),
-                    self._buf("m", (rb, xc, 3, 2, t.shape[-1])),
-                    p3[:, x0 : x0 + xc],
-                )
+            spans = [(0, wc)] if nb is None else _runs(nb.any(0), 2 * GRID)
+            for a, b in spans:
+                for x0 in range(a, b, self.tile_cols):  # column tiles keep the shift-adds in cache
+                    xc = min(self.tile_cols, b - x0)
+                    _conv3_pool3(
+                        t[:, x0 : x0 + xc + GRID],
+                        self._buf("q", (rb, xc + GRID, 3, 3, t.shape[-1])),
+                        self._buf("c3", (rb, xc, 3, 3, t.shape[-1])),
+                        self._buf("m", (rb, xc, 3, 2, t.shape[-1])),
+                        p3[:, x0 : x0 + xc],
+                    )
             p3 = p3.view(rb * wc, -1)
             self._fc_write(p3, nb, out[:, r0 + y0 : r0 + y0 + rb, c0:c1])
 
-    def _tap_products(self, p2: torch.Tensor, y0: int, rb: int, prev: bool) -> torch.Tensor:
-        """T rows y0 .. y0+rb+8 as (rb+8, wc+8, 9*256), reusing the 8 rows the previous band made."""
-        r = self.band_rows
-        t = self._buf("t", (r + GRID, p2.shape[1], self.wt.shape[1]))
-        k0 = 0
-        if prev:  # previous band covered T rows y0-r .. y0+8: its last 8 rows are our first 8
-            t[:GRID] = t[r : r + GRID]
-            k0 = GRID
-        src = p2[y0 + k0 : y0 + rb + GRID].reshape(-1, p2.shape[2])
-        torch.addmm(self.bt, src, self.wt, out=t[k0 : rb + GRID].view(-1, t.shape[2]))
+    def _tap_products(self, p2: torch.Tensor, y0: int, rb: int, prev: bool,
+                      used: torch.Tensor | None) -> torch.Tensor:
+        """T rows y0 .. y0+rb+8 as (rb+8, wc+8, 9*256), reusing the 8 rows the previous band made.
+
+        used: (rb+8, wc+8) bool or None (all): positions to compute, one GEMM per row run.
+        """
+        r, n_t = self.band_rows, self.wt.shape[1]
+        t = self._buf("t", (r + GRID, p2.shape[1], n_t))
+        k0 = GRID if prev else 0
+        if used is None:
+            if prev:  # previous band covered T rows y0-r .. y0+8: its last 8 rows are our first 8
+                t[:GRID] = t[r : r + GRID]
+            src = p2[y0 + k0 : y0 + rb + GRID].reshape(-1, p2.shape[2])
+            torch.addmm(self.bt, src, self.wt, out=t[k0 : rb + GRID].view(-1, n_t))
+            return t[: rb + GRID]
+        todo = used.clone()
+        if prev:  # positions of the previous band's last 8 T rows that we use too: copy them
+            keep = used[:GRID] & self._have[r : r + GRID]
+            cols = _runs(keep.any(0), GRID)
+            for a, b in cols:
+                t[:GRID, a:b] = t[r : r + GRID, a:b]
+            todo[:GRID] &= ~keep
+        for k, a, b in _row_runs(todo, 4):
+            torch.addmm(self.bt, p2[y0 + k, a:b], self.wt, out=t[k, a:b])
+        self._have = F.pad(used, (0, 0, 0, r + GRID - used.shape[0]))  # what t now holds
         return t[: rb + GRID]
 
     def _fc_write(self, p3: torch.Tensor, need: torch.Tensor | None, out: torch.Tensor) -> None:

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from infer.dense import DenseOPConvNet, patch_nonzero
 from infer.patch_engine import patch_logits
@@ -50,10 +51,31 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[OPConvNet,
     return model.to(device).eval(), BuildConfig.from_dict(ckpt["build"])
 
 
+def body_mask(hu: np.ndarray, threshold: float = -500.0, opening: int = 2) -> np.ndarray:
+    """(Z, Y, X) HU -> (Z, Y, X) bool body, per axial slice: HU > threshold, binary opening (3x3
+    square, ``opening`` iterations: drops thin table rails and noise), largest 2-D connected
+    component, holes filled (lungs and bowel gas stay inside)."""
+    out = np.zeros(hu.shape, bool)
+    square = np.ones((3, 3), bool)
+    for z, sl in enumerate(hu):
+        m = ndimage.binary_opening(sl > threshold, square, iterations=opening) if opening else sl > threshold
+        lab, n = ndimage.label(m)
+        if n:
+            largest = 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+            out[z] = ndimage.binary_fill_holes(lab == largest)
+    return out
+
+
 def vertebra_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, *, engine: str = "dense",
-                         skip_zero: bool = True, batch_slices: int = 4, device: torch.device | None = None,
-                         bf16: bool = False, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, float]:
-    """(Z, Y, X) HU -> ((Z, Y, X) float32 probability of vertebra, fraction of pixels skipped)."""
+                         skip_zero: bool = True, body: bool = False, batch_slices: int = 4,
+                         device: torch.device | None = None, bf16: bool = False,
+                         progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, float]:
+    """(Z, Y, X) HU -> ((Z, Y, X) float32 probability of vertebra, fraction of pixels skipped).
+
+    skip_zero: pixels whose read window is all zero get the zero patch's logits (exact).
+    body: pixels outside ``body_mask`` are skipped too, i.e. also get the zero patch's logits
+    (opt-in, not exact: a patch at the body's edge may hold nonzero values outside it).
+    """
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}; expected one of {ENGINES}")
     if cfg.patch != 32:
@@ -67,6 +89,9 @@ def vertebra_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, *, 
             stored = preprocess(hu[z0:z0 + batch_slices], cfg)
             x = torch.from_numpy(to_unit(stored)).to(device)
             need = patch_nonzero(x) if skip_zero else None
+            if body:
+                inside = torch.from_numpy(body_mask(hu[z0:z0 + batch_slices])).to(device)
+                need = inside if need is None else need & inside
             logits = dense(x, need) if dense is not None else patch_logits(model, x, need=need)
             prob[z0:z0 + len(x)] = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
             if need is not None:

@@ -95,6 +95,20 @@ def test_need_mask_matches_patch_engine() -> None:
     _close(dense, patch_logits(model, x, need=need))
 
 
+def test_sparse_need_runs_match_patch_engine() -> None:
+    """Need in separate column blocks, isolated pixels and gaps of every width (run merging, T reuse
+    across bands, stage-1 column runs) gives the patch engine's answer at every needed pixel."""
+    model = _model(15, 3.0)
+    x = _slices(1, 44, 130, seed=16)
+    need = torch.zeros(1, 44, 130, dtype=torch.bool)
+    need[0, 2:20, 0:10] = True
+    need[0, 12:30, 70:75] = True  # > 2 * HALO columns away: its own stage-1 run
+    need[0, 5, 30], need[0, 6, 34], need[0, 7, 45], need[0, 40, 129] = True, True, True, True
+    need[0, 9:11, 100:130:3] = True
+    dense = DenseOPConvNet(model, band_rows=8, tile_cols=4)(x, need)
+    _close(dense, patch_logits(model, x, need=need))
+
+
 def test_zero_skip_is_exact() -> None:
     """An isolated bright blob: skip on == skip off everywhere, and many pixels are skipped."""
     model = _model(12, 3.0)

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from infer.cli import main
-from infer.predict import load_model, vertebra_probability
+from infer.predict import body_mask, load_model, vertebra_probability
 from patchstore.config import BuildConfig
 from patchstore.volume import Geometry, read_volume, write_volume
 from tests.conftest import RAS, lps_geometry
@@ -152,3 +152,40 @@ def test_checkpoint_without_build_refused(tmp_path):
     torch.save({"model": OPConvNet().state_dict(), "epoch": 0, "config": {}}, path)
     with pytest.raises(ValueError, match="bare.pt"):
         load_model(path, torch.device("cpu"))
+
+
+def test_body_mask_fills_the_body_and_drops_the_table():
+    """The body mask is the largest component with its air holes filled; a thin table and noise go."""
+    hu = np.full((2, 60, 60), -1000, np.int16)
+    yy, xx = np.mgrid[:60, :60]
+    disk = (yy - 28) ** 2 + (xx - 30) ** 2 < 20**2
+    hu[:, disk] = 40
+    hu[:, (yy - 28) ** 2 + (xx - 30) ** 2 < 6**2] = -900  # lung-like air inside
+    hu[:, 55, 5:55] = 200  # table: one row thick, removed by the opening
+    hu[1, 3, 3] = 1000  # a lone bright voxel
+    m = body_mask(hu)
+    assert np.array_equal(m[0], disk) and np.array_equal(m[1], disk)
+
+
+def test_body_mask_option_skips_more_and_keeps_the_body(checkpoint):
+    """body=True skips the pixels outside the body too; inside it, probabilities are unchanged."""
+    model, cfg = load_model(checkpoint, torch.device("cpu"))
+    hu = np.full((1, 40, 70), -1000, np.int16)
+    hu[0, 5:35, 5:40] = 40
+    hu[0, 10:20, 10:20] = 800  # bone inside the body
+    hu[0, 15:18, 60:63] = 900  # a bright object outside it
+    p0, s0 = vertebra_probability(model, cfg, hu, engine="dense")
+    p1, s1 = vertebra_probability(model, cfg, hu, engine="dense", body=True)
+    inside = body_mask(hu)
+    assert s1 > s0
+    np.testing.assert_allclose(p1[inside], p0[inside], atol=1e-5)
+    assert not np.allclose(p1[~inside], p0[~inside], atol=1e-5)
+
+
+def test_cli_body_mask_option(tmp_path, checkpoint, rng):
+    """`infer volume --body-mask` runs and reports a skipped fraction."""
+    ct = write_volume(tmp_path / "ct.nii.gz", _ct(rng), lps_geometry((3, 30, 26)))
+    res = CliRunner().invoke(main, ["volume", str(ct), "-m", str(checkpoint), "-o", str(tmp_path / "p.nii.gz"),
+                                    "--body-mask", "--json", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)[str(ct)]["skipped_fraction"] >= 0

@@ -8,6 +8,8 @@ The patch engine is timed on --patch-pixels random pixels and extrapolated (stat
 Weights are random (timings do not depend on them). The dense engine reuses preallocated band
 buffers, and malloc is tuned as the `infer` CLI does (patchstore.memory.keep_freed_memory:
 no mmap for large blocks, no trimming); --default-malloc keeps glibc's defaults to compare.
+The dense+body row adds the opt-in body mask (`infer volume --body-mask`, not exact) to the
+zero-skip; its time includes computing the mask.
 """
 
 from __future__ import annotations
@@ -22,17 +24,23 @@ import torch
 
 from infer.dense import DenseOPConvNet, dense_macs_per_pixel, patch_nonzero
 from infer.patch_engine import patch_logits, patch_macs_per_pixel
+from infer.predict import body_mask
 from patchstore.config import BuildConfig
 from patchstore.memory import keep_freed_memory
 from patchstore.preprocess import preprocess, to_unit
 from train.model import OPConvNet
 
 
-def load_slices(path: str, n: int) -> torch.Tensor:
-    """n axial slices around the middle of a CT in HU -> (n, H, W) float32 network input."""
+def load_hu(path: str, n: int) -> np.ndarray:
+    """n axial slices around the middle of a CT -> (n, H, W) float32 HU."""
     hu = sitk.GetArrayFromImage(sitk.ReadImage(path))  # (Z, H, W)
     z0 = hu.shape[0] // 2 - n // 2
-    unit = to_unit(preprocess(hu[z0 : z0 + n].astype(np.float32), BuildConfig()))
+    return hu[z0 : z0 + n].astype(np.float32)
+
+
+def load_slices(path: str, n: int) -> torch.Tensor:
+    """n axial slices around the middle of a CT in HU -> (n, H, W) float32 network input."""
+    unit = to_unit(preprocess(load_hu(path, n), BuildConfig()))
     return torch.from_numpy(np.ascontiguousarray(unit))
 
 
@@ -60,7 +68,7 @@ def main() -> None:
     ap.add_argument("--patch-pixels", type=int, default=20000)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--band-rows", type=int, default=16)
-    ap.add_argument("--tile-cols", type=int, default=512)
+    ap.add_argument("--tile-cols", type=int, default=32)
     ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc settings")
     args = ap.parse_args()
     tuned = not args.default_malloc and keep_freed_memory()
@@ -81,6 +89,9 @@ def main() -> None:
     t_nz = best_time(lambda: patch_nonzero(x), args.repeats)
     t_dense = best_time(lambda: dense(x), args.repeats)
     t_dense_skip = best_time(lambda: dense(x, patch_nonzero(x)), args.repeats)
+    hu = load_hu(args.ct, args.slices)
+    n_body = int((need & torch.from_numpy(body_mask(hu))).sum())
+    t_body = best_time(lambda: dense(x, patch_nonzero(x) & torch.from_numpy(body_mask(hu))), args.repeats)
 
     g = torch.Generator().manual_seed(0)
     sub = torch.zeros(px, dtype=torch.bool)
@@ -96,13 +107,14 @@ def main() -> None:
     print(f"fp32 matmul rate (torch.mm 2048^3, best): {rate:.1f} GMAC/s "
           f"(before {rate0:.1f}); MACs/pixel: patch {p_mac:,}, dense {d_mac:,} ({p_mac / d_mac:.2f}x)")
     print(f"zero-skip: {1 - n_need / px:.1%} of pixels skipped; patch_nonzero "
-          f"{t_nz / n_s * 1e3:.1f} ms/slice")
+          f"{t_nz / n_s * 1e3:.1f} ms/slice; with --body-mask (not exact): {1 - n_body / px:.1%}")
     print(f"patch engine timed on {n_sub} random pixels and EXTRAPOLATED to whole slices")
     rows = [
         ("patch", t_patch, p_mac * px),
         ("patch+skip", t_patch_skip, p_mac * n_need),
         ("dense", t_dense, d_mac * px),
         ("dense+skip", t_dense_skip, d_mac * n_need),
+        ("dense+body", t_body, d_mac * n_body),
     ]
     print(f"{'engine':<12}{'s/slice':>10}{'Mpixel/s':>10}{'floor s/slice':>15}{'x floor':>9}")
     for name, t, macs in rows:
@@ -110,7 +122,8 @@ def main() -> None:
         print(f"{name:<12}{t / n_s:>10.3f}{px / t / 1e6:>10.3f}{floor / n_s:>15.3f}{t / floor:>9.2f}")
     print(f"ratios: patch/dense {t_patch / t_dense:.2f}x; patch+skip/dense+skip "
           f"{t_patch_skip / t_dense_skip:.2f}x; patch/dense+skip {t_patch / t_dense_skip:.2f}x; "
-          f"dense/dense+skip {t_dense / t_dense_skip:.2f}x")
+          f"dense/dense+skip {t_dense / t_dense_skip:.2f}x; patch/dense+body (skip and body mask, "
+          f"not exact) {t_patch / t_body:.2f}x")
     print(f"load average at end {os.getloadavg()[0]:.2f} (other jobs on this machine slow every number)")
 
 
