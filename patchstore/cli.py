@@ -155,13 +155,15 @@ def merge(inputs, out) -> None:
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @labels_option
-def check(input_path, labels) -> None:
+@click.option("--patch", default=DEFAULTS.patch, show_default=True, help="Patch size the vertebra patches are counted for.")
+@click.option("--stride", default=DEFAULTS.stride, show_default=True, help="Grid stride the vertebra patches are counted at.")
+def check(input_path, labels, patch, stride) -> None:
     """Validate a dataset (Decathlon folder or image,mask CSV) before building; exit 1 on any problem."""
     from patchstore.check import check_dataset
     from patchstore.discover import DiscoveryError
     n_cases, problems = 0, []
     try:
-        for report in check_dataset(input_path, _labels(labels)):
+        for report in check_dataset(input_path, _labels(labels), patch, stride):
             n_cases += 1
             click.echo(report.line())
             for p in report.problems:

@@ -11,14 +11,25 @@ from patchstore.volume import write_volume
 from tests.conftest import lps_geometry
 
 
-def test_check_reports_each_case(tiny_dataset):
+def test_check_reports_each_case(build_dataset):
     """Each case gets size, spacing, orientation, label values and vertebra counts; exit 0 when clean."""
-    result = CliRunner().invoke(main, ["check", str(tiny_dataset)])
+    result = CliRunner().invoke(main, ["check", str(build_dataset)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("case0: size 44x40x6, spacing 0.8x0.7x2.5 mm, LPS, labels {0,1}")
-    assert "axial slices with vertebra 6/6" in lines[0]
+    assert lines[0].startswith("case0: size 76x72x5, spacing 0.8x0.7x2.5 mm, LPS, labels {0,1}")
+    assert "axial slices with vertebra 5/5" in lines[0]
+    n = int(lines[0].split("vertebra patches ")[1])
+    assert n > 0
     assert lines[-1] == "3 case(s), 0 problem(s)"
+
+
+def test_check_flags_vertebrae_too_small_for_the_patch(tiny_dataset):
+    """Vertebrae that never fill half a 32x32 patch are a problem that says to resample."""
+    result = CliRunner().invoke(main, ["check", str(tiny_dataset)])
+    assert result.exit_code == 1
+    assert "vertebra patches 0" in result.output.splitlines()[0]
+    assert "never fill more than half of a 32x32 patch at 0.8x0.7 mm pixels" in result.output
+    assert CliRunner().invoke(main, ["check", str(tiny_dataset), "--patch", "16"]).exit_code == 0
 
 
 def test_check_flags_problems_and_exits_nonzero(tiny_dataset):
@@ -30,7 +41,7 @@ def test_check_flags_problems_and_exits_nonzero(tiny_dataset):
     assert result.exit_code == 1
     assert "case1.nii.gz: no vertebra voxels" in result.output
     assert "case2: FAILED" in result.output and "spacing is (1, 1, 1) in the mask" in result.output
-    assert result.output.splitlines()[-1] == "3 case(s), 2 problem(s)"
+    assert result.output.splitlines()[-1] == "3 case(s), 3 problem(s)"  # and case0's vertebrae are too small
 
 
 def test_check_wrong_labels_named(tiny_dataset):
@@ -40,12 +51,13 @@ def test_check_wrong_labels_named(tiny_dataset):
 
 
 def test_check_real_ct_vertebrae(tmp_path, totalseg):
-    """On the real TotalSegmentator CT, --labels 25-50 reports its vertebrae."""
+    """On the real 3 mm TotalSegmentator CT, --labels 25-50 reports its vertebrae and their few patches."""
     csv = tmp_path / "real.csv"
     csv.write_text(f"image,mask\n{totalseg / 'example_ct.nii.gz'},{totalseg / 'example_seg_fast_force_split.nii.gz'}\n")
     result = CliRunner().invoke(main, ["check", str(csv), "--labels", "25-50"])
-    assert result.exit_code == 0, result.output
     line = result.output.splitlines()[0]
     assert "size 122x101x112, spacing 3x3x3 mm, RAS" in line
     voxels = int(line.split("vertebra voxels ")[1].split(", axial")[0].replace(",", ""))
     assert voxels > 10_000
+    assert result.exit_code == 0, result.output
+    assert 0 < int(line.split("vertebra patches ")[1].replace(",", "")) < 100  # 3 mm: vertebrae ~13 pixels wide
