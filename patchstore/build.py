@@ -97,22 +97,22 @@ def n_parts_for(n_patches: int, cfg: BuildConfig) -> int:
 
 def complete_shards(out: Path, job: Job, cfg: BuildConfig) -> list[Path] | None:
     """The shard files of ``job`` if all are present and built from these inputs and parameters."""
-    first = out / shard_names(job.case.case_id, 1)[0]
-    candidates = [first] if first.exists() else sorted(out.glob(f"{job.case.case_id}-p[0-9][0-9][0-9].h5"))
-    if not candidates:
-        return None
+    case_id = job.case.case_id
+    single = out / shard_names(case_id, 1)[0]
+    found = [single] if single.exists() else sorted(out.glob(f"{case_id}-p[0-9][0-9][0-9].h5"))
     try:
-        with ShardReader(candidates[0]) as r:
-            n_parts = int(r.attrs.get("n_parts", 0))
-        paths = [out / n for n in shard_names(job.case.case_id, n_parts)] if n_parts else []
-        for p in paths or [candidates[0]]:
+        if not found:
+            return None
+        with ShardReader(found[0]) as r:
+            paths = [out / n for n in shard_names(case_id, int(r.attrs.get("n_parts", 1)))]
+        for p in paths:
             with ShardReader(p) as r:
                 a = r.attrs
-                if r.schema_problems() or a.get("build") != cfg.to_dict() \
-                        or a.get("image_sha256") != job.image_sha256 or a.get("mask_sha256") != job.mask_sha256:
+                if r.schema_problems() or a["build"] != cfg.to_dict() or a.get("image_sha256") != job.image_sha256 \
+                        or a.get("mask_sha256") != job.mask_sha256:
                     return None
-        return paths or None
-    except (ShardError, OSError, KeyError):
+        return paths
+    except (ShardError, OSError, KeyError):  # a missing part or a file that is not a shard: rebuild
         return None
 
 

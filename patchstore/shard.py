@@ -67,8 +67,10 @@ def is_temp(path: Path) -> bool:
 
 
 def _attr_value(v):
-    if isinstance(v, (dict, list, tuple)) and not (isinstance(v, (list, tuple)) and v
-                                                   and all(isinstance(x, (int, np.integer)) for x in v)):
+    """Integer lists as HDF5 arrays, other containers as JSON text, scalars and strings as they are."""
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, np.integer)) for x in v):
+        return np.asarray(v, dtype=np.int64)
+    if isinstance(v, (dict, list, tuple)):
         return json.dumps(v, sort_keys=True)
     return v
 
