@@ -73,9 +73,8 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
     """Segment each CT (NIfTI, MHA/MHD, NRRD or a DICOM series folder) into a vertebra mask."""
     from tqdm import tqdm
 
-    from infer.metrics import format_table, label_rule_mask, segmentation_metrics
+    from infer.metrics import format_table, label_rule_ceiling, segmentation_metrics
     from infer.overlay import write_overlays
-    from train.metrics import ratio
     from infer.predict import load_model, read_reference, segment
     from patchstore.volume import VolumeError, read_volume, write_mask, write_oriented
     from train.loop import pick_device
@@ -113,19 +112,17 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
                  "pixels_per_s": round(pixels / pred.seconds), "skipped_fraction": round(pred.skipped_fraction, 4)}
         if not quiet and not as_json:
             click.echo(f"{ct} -> {dst}: {pred.seconds:.1f} s, {pixels / pred.seconds:,.0f} pixels/s, "
-                       f"{pred.skipped_fraction:.1%} of pixels skipped (all-zero patch)")
+                       f"{pred.skipped_fraction:.1%} of pixels skipped")
         if ref is not None:
             sp = vol.geometry.spacing_zyx
             entry["metrics"] = segmentation_metrics(pred.mask, ref, sp, tolerance_mm)
             if postprocess:
                 entry["metrics_raw"] = segmentation_metrics(pred.raw, ref, sp, tolerance_mm)
-            ideal = label_rule_mask(ref, cfg.patch)
-            ceiling = {"DSC": ratio(2 * int((ideal & ref).sum()), int(ideal.sum() + ref.sum()))}
-            entry["label_rule_ceiling_DSC"] = ceiling["DSC"]
+            entry["label_rule_ceiling_DSC"] = label_rule_ceiling(ref, cfg.patch)
             if not as_json:
                 click.echo(format_table(entry["metrics"], title=f"{_case_name(ct)} vs {reference[i]}"))
                 click.echo(f"DSC ceiling of the {cfg.patch}x{cfg.patch} patch label rule at this pixel size "
-                           f"(an ideal patch classifier): {ceiling['DSC']:.2%}")
+                           f"(an ideal patch classifier): {entry['label_rule_ceiling_DSC']:.2%}")
         if overlay:
             write_overlays(overlay / _case_name(ct), vol.array, pred.mask, ref, vol.geometry.spacing_zyx)
         report[str(ct)] = entry

@@ -171,6 +171,12 @@ def label_rule_mask(ref: np.ndarray, n: int = 32) -> np.ndarray:
     return box > n * n // 2
 
 
+def label_rule_ceiling(ref: np.ndarray, n: int = 32) -> float:
+    """DSC of ``label_rule_mask(ref, n)`` against ``ref``: the best OP-convNet can score here."""
+    ideal = label_rule_mask(ref, n)
+    return ratio(2 * int((ideal & ref).sum()), int(ideal.sum()) + int(ref.sum()))
+
+
 def format_table(metrics: dict, title: str | None = None) -> str:
     """Aligned plain-text table: ratio metrics as percentages, HD95/ASSD in mm, others as numbers."""
     if not metrics:

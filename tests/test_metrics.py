@@ -170,3 +170,14 @@ def test_label_rule_mask_keeps_only_majority_patches():
     thin = np.zeros((1, 64, 64), bool)
     thin[0, :, 30:34] = True  # a 4-pixel-wide process never fills half a patch
     assert not label_rule_mask(thin).any()
+
+
+def test_label_rule_ceiling_high_for_large_and_zero_for_thin_structures():
+    """An ideal patch classifier nearly reproduces a large block and misses a thin one entirely."""
+    from infer.metrics import label_rule_ceiling
+    big = np.zeros((1, 256, 256), bool)
+    big[0, 28:228, 28:228] = True
+    assert 0.95 < label_rule_ceiling(big) < 1.0  # corners round off
+    thin = np.zeros((1, 64, 64), bool)
+    thin[0, :, 30:34] = True
+    assert label_rule_ceiling(thin) == 0.0
