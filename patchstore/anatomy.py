@@ -42,7 +42,7 @@ def _paint_body(tissue: np.ndarray, lay: Layout) -> None:
 def _paint_ellipsoid(tissue, lay, centre, half, value) -> None:
     """An ellipsoid organ (centre, half-axes in x, y, z mm) painted over soft tissue only."""
     box = voxel_box(lay, [c - h for c, h in zip(centre[::-1], half[::-1])],
-               [c + h for c, h in zip(centre[::-1], half[::-1])])
+                    [c + h for c, h in zip(centre[::-1], half[::-1])])
     if box is not None:
         sl, z, y, x = box
         r = sum(((c - m) / h) ** 2 for c, m, h in zip((x, y, z), centre, half))
@@ -84,7 +84,7 @@ def _tube_z(tissue, lay, cx: np.ndarray, cy: np.ndarray, r: np.ndarray, value: i
     i0, i1 = on[0], on[-1] + 1
     rmax = r.max()
     box = voxel_box(lay, (lay.zs[i0], cy[on].min() - rmax, cx[on].min() - rmax),
-               (lay.zs[i1 - 1], cy[on].max() + rmax, cx[on].max() + rmax))
+                    (lay.zs[i1 - 1], cy[on].max() + rmax, cx[on].max() + rmax))
     if box is None:
         return
     sl, z, y, x = box
@@ -169,7 +169,7 @@ def _paint_vertebrae(tissue: np.ndarray, lay: Layout, shell: float) -> None:
         sx, sy = spine_xy(lay, np.linspace(v.z0, v.z1, 16, dtype=np.float32))
         reach = 2.4 * av + 8 * v.scale
         box = voxel_box(lay, (v.z0, sy.min() - bv - 2, sx.min() - reach),
-                   (v.z1, sy.max() + yc + v.canal + v.spinous + 4 * v.scale, sx.max() + reach))
+                        (v.z1, sy.max() + yc + v.canal + v.spinous + 4 * v.scale, sx.max() + reach))
         if box is None:
             continue
         sl, z, y, x = box
@@ -222,7 +222,7 @@ def _paint_ribs_and_sternum(tissue: np.ndarray, lay: Layout, shell: float) -> No
     ys = cy - (b - fat - 9 * k) - 2 * k
     top = lay.zs[-1] + lay.dz
     box = voxel_box(lay, (lay.levels["ribs"] + 0.1 * top, ys - 6 * k, cx - 22 * k),
-               (np.inf, ys + 6 * k, cx + 22 * k))
+                    (np.inf, ys + 6 * k, cx + 22 * k))
     if box is not None:
         sl, z, y, x = box
         sternum = capsule(x, y, (cx - 14 * k, ys), (cx + 14 * k, ys), 5 * k)

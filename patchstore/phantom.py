@@ -8,6 +8,8 @@ fall inside the 100..1500 HU bone window.
 Everything is drawn first as a uint8 *tissue* map (one class per HU value, painted in order on
 coordinate grids in mm, one bounding box per object), then turned into HU slab by slab (lookup,
 partial-volume blur, noise), so a 512 x 512 x 550 case needs no full-volume float temporaries.
+This module draws the layout from the generator and renders HU; ``patchstore.anatomy`` paints the
+tissue map with the classes and primitives of ``patchstore.tissue``.
 
 Coordinates (mm), matching the canonical array ``[z, y, x]`` of ``patchstore.volume``::
 
@@ -77,8 +79,8 @@ def _vertebrae(rng: np.random.Generator, extent: float, dz: float, slices: int, 
         t = np.clip((z + p / 2) / extent, 0.0, 1.0)
         scale = k * (1.15 - 0.35 * t * min(1.0, count / 12.0)) * rng.uniform(0.96, 1.04)
         out.append(Vertebra(z, z + p - disc, scale, 7.5 * scale * rng.uniform(0.93, 1.07),
-                             24 * scale * rng.uniform(0.85, 1.15), 22 * scale * rng.uniform(0.85, 1.15),
-                             sacral=z + p - disc < z_pel - 0.3 * period))
+                            24 * scale * rng.uniform(0.85, 1.15), 22 * scale * rng.uniform(0.85, 1.15),
+                            sacral=z + p - disc < z_pel - 0.3 * period))
         z += p
     return tuple(out)
 
@@ -117,8 +119,8 @@ def _layout(rng: np.random.Generator, size: int, slices: int) -> Layout:
     verts = _vertebrae(rng, extent, dz, slices, k, z_pel)
     xy = ((np.arange(size) + 0.5 - size / 2) * dxy).astype(np.float32)  # centred in the field of view
     return Layout(xy, xy, ((np.arange(slices) + 0.5) * dz).astype(np.float32),
-                   dxy, dz, k, (cx, cy, a, b, rng.uniform(8, 20) * k), curve, levels, verts,
-                   _hu_table(rng, len(verts)))
+                  dxy, dz, k, (cx, cy, a, b, rng.uniform(8, 20) * k), curve, levels, verts,
+                  _hu_table(rng, len(verts)))
 
 
 # ---------------------------------------------------------------- HU rendering and public API
