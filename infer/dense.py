@@ -1,24 +1,10 @@
 """Exact fully convolutional OP-convNet: the patch engine's logits for every pixel, ~3.5x fewer MACs.
 
-The strided patch network becomes a stride-1 network on the zero-padded slice ``xp`` (16 before,
-15 after), by dilating every layer by the product of the strides before it. For the patch of
-pixel (r, c) (= xp[r:r+32, c:c+32]) the patch-local maps are samples of dense maps::
-
-    conv1 3x3/2   c1(u, v) = C1[r+2u, c+2v]   C1 = conv1(xp), stride 1          (H+29, W+29)
-    pool1 3x3/2   p1(s, t) = P1[r+4s, c+4t]   P1 = maxpool 3x3, dilation 2       (H+25, W+25)
-    conv2 3x3     c2(s, t) = C2[r+4s, c+4t]   C2 = conv2, dilation 4             (H+17, W+17)
-    pool2 3x3/1   p2(s, t) = P2[r+4s, c+4t]   P2 = maxpool 3x3, dilation 4       (H+9,  W+9)
-
-conv3 (pad 1) zero-pads each patch's own 3x3 map, so output (s, t) of a patch only sums the taps
-(a, b) that land inside it (0 <= s+a-1 <= 2, 0 <= t+b-1 <= 2). With T_ab = W3[:, :, a, b] @ P2
-(a 1x1 conv 128 -> 9*256, computed once per position, conv3's bias folded into the always-valid
-centre tap)::
-
-    c3(s, t) = sum over valid (a, b) of T_ab[r + 4(s+a-1), c + 4(t+b-1)]
-
-summed rows first, then columns (validity is separable). relu + pool3 (2x2 over the 3x3 map) and
-fc1/fc2/fc3 are then GEMMs over pixels, with fc1's weight reordered to the (t, s, channel) order
-of the pooled map.
+The strided patch network becomes a stride-1 network on the zero-padded slice, by dilating every
+layer by the product of the strides before it; conv3's per-patch zero padding becomes a sum of the
+valid taps of T_ab = W3[:, :, a, b] @ P2. The derivation and those layers are in
+``infer.dense_layers``; this module runs them over bands of a slice and adds fc1..fc3 as GEMMs
+over pixels.
 
 Skip mode (a ``need`` mask): pixel p reads P2 only at p + 4(k, l), k, l in 0..2, so T is computed
 only at those positions of needed pixels (one GEMM per row run), conv1..pool2 only on the column
@@ -39,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infer.dense_layers import GRID, HALO, TAPS, col_runs, conv3_pool3, row_runs, stage1, used_positions
 from infer.patch_engine import (
     PAD_BEFORE,
     check_slices,
@@ -49,10 +36,6 @@ from infer.patch_engine import (
     zero_patch_logits,
 )
 from train.model import PATCH, OPConvNet
-
-HALO = 22  # P2 row y needs padded-slice rows y .. y+22 (conv1 2 + pool1 4 + conv2 8 + pool2 8)
-GRID = 8  # pixel r needs P2 rows r, r+4, r+8
-TAPS = 9
 
 __all__ = [
     "DenseOPConvNet",
@@ -81,102 +64,6 @@ def patch_nonzero(slices: torch.Tensor) -> torch.Tensor:
     nz = F.pad((slices != 0).to(torch.int32), (PAD_BEFORE, k - 1 - PAD_BEFORE) * 2)  # (B, H+30, W+30)
     ii = F.pad(nz.cumsum(1).cumsum(2), (1, 0, 1, 0))  # (B, H+31, W+31) int64
     return (ii[:, k:, k:] - ii[:, :-k, k:] - ii[:, k:, :-k] + ii[:, :-k, :-k]) > 0
-
-
-def _maxpool3(x: torch.Tensor, d: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(h, w, C) -> (h-2d, w-2d, C): 3x3 max pool, dilation d, stride 1 (rows, then columns)."""
-    h, w = x.shape[0] - 2 * d, x.shape[1] - 2 * d
-    r = torch.maximum(x[:h], x[d : d + h])
-    r = torch.maximum(r, x[2 * d : 2 * d + h], out=r)
-    c = torch.maximum(r[:, :w], r[:, d : d + w], out=out)
-    return torch.maximum(c, r[:, 2 * d : 2 * d + w], out=c)
-
-
-def _stage1(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-            out: torch.Tensor) -> torch.Tensor:
-    """(h, w) padded-slice rows -> out (h-22, w-22, 128) = P2, pixel-major: conv1..pool2, dilated.
-
-    conv1 (one input channel) is a GEMM over the 9 shifted views: (h-2)(w-2) x 9 @ 9 x 64.
-    w1: (9, 64); w2: (128, 64, 3, 3) channels last.
-    """
-    h, w = x.shape[0] - 2, x.shape[1] - 2
-    cols = torch.stack([x[a : a + h, b : b + w] for a in range(3) for b in range(3)], dim=-1)
-    c1 = torch.addmm(b1, cols.view(-1, 9), w1).view(h, w, -1)  # (h-2, w-2, 64)
-    p1 = _maxpool3(c1, 2).relu_()  # relu commutes with max
-    c2 = F.conv2d(p1.permute(2, 0, 1)[None], w2, b2, dilation=4)  # channels-last in, out
-    c2 = c2.contiguous(memory_format=torch.channels_last)[0].permute(1, 2, 0)
-    return _maxpool3(c2, 4, out=out).relu_()
-
-
-def _sum_into(out: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
-    torch.add(terms[0], terms[1], out=out)
-    for t in terms[2:]:
-        out.add_(t)
-    return out
-
-
-def _conv3_pool3(
-    t: torch.Tensor, q: torch.Tensor, c3: torch.Tensor, m: torch.Tensor, p3: torch.Tensor
-) -> torch.Tensor:
-    """conv3 (per-patch zero padding) + relu + pool3 from the tap products T.
-
-    t:  (rb+8, wc+8, 3(a), 3(b), 256) T_ab at P2 positions.       Workspaces:
-    q:  (rb, wc+8, 3(s), 3(b), 256) row-summed taps.
-    c3: (rb, wc, 3(t), 3(s), 256) conv3 output (s, t) of each pixel's patch.
-    m:  (rb, wc, 3(t), 2, 256) max over s pairs.
-    p3: (rb, wc, 2(t), 2(s), 256) relu(pool3), returned; fc1 weights use this (t, s, ch) order.
-    """
-    rb, wc = c3.shape[0], c3.shape[1]
-    for s in range(3):  # valid row taps: a = u - s + 1 in [0, 2]
-        rows = [t[4 * u : 4 * u + rb, :, u - s + 1] for u in range(3) if 0 <= u - s + 1 <= 2]
-        _sum_into(q[:, :, s], rows)
-    for tt in range(3):  # valid column taps: b = v - tt + 1 in [0, 2]
-        cols = [q[:, 4 * v : 4 * v + wc, :, v - tt + 1] for v in range(3) if 0 <= v - tt + 1 <= 2]
-        _sum_into(c3[:, :, tt], cols)
-    torch.maximum(c3[:, :, :, :2], c3[:, :, :, 1:], out=m)
-    torch.maximum(m[:, :, :2], m[:, :, 1:], out=p3)
-    return p3.relu_()
-
-
-def _used_positions(need: torch.Tensor) -> torch.Tensor:
-    """(h, w) needed pixels -> (h+8, w+8) bool: the P2 positions their patches read.
-
-    Pixel r (band coordinates) reads P2 rows r, r+4, r+8 (its 3x3 pool2 map); likewise columns.
-    """
-    h, w = need.shape
-    rows = need.new_zeros(h + GRID, w)
-    for k in range(3):
-        rows[4 * k : 4 * k + h] |= need
-    used = need.new_zeros(h + GRID, w + GRID)
-    for k in range(3):
-        used[:, 4 * k : 4 * k + w] |= rows
-    return used
-
-
-def _runs(cols: torch.Tensor, gap: int) -> list[tuple[int, int]]:
-    """(w,) bool -> [(a, b)]: column ranges covering every True, merging runs at most gap apart."""
-    x = cols.nonzero().squeeze(1)
-    if x.numel() == 0:
-        return []
-    brk = ((x[1:] - x[:-1]) > gap + 1).nonzero().squeeze(1)
-    starts = [int(x[0])] + x[brk + 1].tolist()
-    ends = x[brk].tolist() + [int(x[-1])]
-    return [(a, b + 1) for a, b in zip(starts, ends)]
-
-
-def _row_runs(mask: torch.Tensor, gap: int) -> list[tuple[int, int, int]]:
-    """(h, w) bool -> [(row, a, b)]: per row, column ranges covering every True, merging runs at
-    most gap apart (one GEMM call costs about as much as a few positions)."""
-    m = F.pad(mask, (1, 1))
-    starts = (m[:, 1:-1] & ~m[:, :-2]).nonzero().tolist()
-    ends = (m[:, 1:-1] & ~m[:, 2:]).nonzero().tolist()
-    runs: list[tuple[int, int, int]] = []
-    for (k, a), (_, b) in zip(starts, ends):
-        if runs and runs[-1][0] == k and a - runs[-1][2] <= gap:
-            runs[-1] = (k, runs[-1][1], b + 1)
-        else:
-            runs.append((k, a, b + 1))
-    return runs
 
 
 def _check_architecture(model: OPConvNet) -> None:
@@ -273,13 +160,13 @@ class DenseOPConvNet(nn.Module):
         rect = pad_slices(x[None])[0, r0 : r1 + PATCH - 2, c0 : c1 + PATCH - 2]  # (hr+30, wc+30)
         hr, wc = r1 - r0, c1 - c0
         band_need = None if need is None else need[r0:r1, c0:c1]
-        used = None if need is None else _used_positions(band_need)  # (hr+8, wc+8)
+        used = None if need is None else used_positions(band_need)  # (hr+8, wc+8)
         p2 = self._buf("p2", (hr + GRID, wc + GRID, self.wt.shape[0]))
         for y0 in range(0, hr + GRID, self.stage1_rows):
             y1 = min(y0 + self.stage1_rows, hr + GRID)
-            spans = [(0, wc + GRID)] if used is None else _runs(used[y0:y1].any(0), 2 * HALO)
+            spans = [(0, wc + GRID)] if used is None else col_runs(used[y0:y1].any(0), 2 * HALO)
             for a, b in spans:
-                _stage1(rect[y0 : y1 + HALO, a : b + HALO], self.w1, self.b1, self.w2, self.b2,
+                stage1(rect[y0 : y1 + HALO, a : b + HALO], self.w1, self.b1, self.w2, self.b2,
                         out=p2[y0:y1, a:b])
         any_rows = None if need is None else band_need.any(1).tolist()
         prev = False
@@ -293,11 +180,11 @@ class DenseOPConvNet(nn.Module):
             t = self._tap_products(p2, y0, rb, prev, ub).view(rb + GRID, wc + GRID, 3, 3, -1)
             prev = True
             p3 = self._buf("p3", (rb, wc, 2, 2, t.shape[-1]))
-            spans = [(0, wc)] if nb is None else _runs(nb.any(0), 2 * GRID)
+            spans = [(0, wc)] if nb is None else col_runs(nb.any(0), 2 * GRID)
             for a, b in spans:
                 for x0 in range(a, b, self.tile_cols):  # column tiles keep the shift-adds in cache
                     xc = min(self.tile_cols, b - x0)
-                    _conv3_pool3(
+                    conv3_pool3(
                         t[:, x0 : x0 + xc + GRID],
                         self._buf("q", (rb, xc + GRID, 3, 3, t.shape[-1])),
                         self._buf("c3", (rb, xc, 3, 3, t.shape[-1])),
@@ -325,11 +212,11 @@ class DenseOPConvNet(nn.Module):
         todo = used.clone()
         if prev:  # positions of the previous band's last 8 T rows that we use too: copy them
             keep = used[:GRID] & self._have[r : r + GRID]
-            cols = _runs(keep.any(0), GRID)
+            cols = col_runs(keep.any(0), GRID)
             for a, b in cols:
                 t[:GRID, a:b] = t[r : r + GRID, a:b]
             todo[:GRID] &= ~keep
-        for k, a, b in _row_runs(todo, 4):
+        for k, a, b in row_runs(todo, 4):
             torch.addmm(self.bt, p2[y0 + k, a:b], self.wt, out=t[k, a:b])
         self._have = F.pad(used, (0, 0, 0, r + GRID - used.shape[0]))  # what t now holds
         return t[: rb + GRID]

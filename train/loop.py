@@ -14,10 +14,8 @@ last.pt continues exactly as if it had never stopped (with the same number of ra
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,20 +26,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import patchstore
-from patchstore.shard import write_json_atomic
-from train.checkpoint import (CheckpointError, load_checkpoint, remove_stale_temps, rng_state, save_checkpoint,
-                              set_rng_state)
-from train.config import RESUMABLE_CHANGES, TrainConfig
-from patchstore.shard import MANIFEST
-from train.data import (PatchSet, batch_input, check_manifest, check_preprocessing, load_shards, split_patches,
-                        split_record)
+from patchstore.shard import MANIFEST, write_json_atomic
+from train.checkpoint import load_checkpoint, rng_state
+from train.config import TrainConfig
+from train.data import PatchSet, batch_input, check_manifest, check_preprocessing, load_shards, split_patches
 from train.metrics import metrics_from_matrix
 from train.model import OPConvNet, init_paper
 from train.plots import plot_confusion, plot_curves
+from train.rundir import read_metrics, reopen_run_dir, resume_state, save_epoch, start_run_dir
 
-INIT, PERMUTATION, DROPOUT = 1, 2, 3
-METRICS = ("PRE", "SPE", "ACC", "F-score", "SEN")  # independent random streams derived from the seed
+INIT, PERMUTATION, DROPOUT = 1, 2, 3  # independent random streams derived from the seed
+METRICS = ("PRE", "SPE", "ACC", "F-score", "SEN")
 
 
 def derive_seed(*parts: int) -> int:
@@ -51,6 +46,12 @@ def derive_seed(*parts: int) -> int:
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, PERMUTATION, epoch))
+
+
+def rng_record(seed: int, epoch: int) -> dict:
+    """The RNG state a checkpoint after ``epoch`` epochs records: informational, since resume
+    re-derives both from (seed, epoch, rank), which is what makes it exact."""
+    return {**rng_state(), "permutation": epoch_generator(seed, epoch).get_state()}
 
 
 def setup_distributed(device: torch.device) -> tuple[int, int, bool]:
@@ -174,59 +175,6 @@ def validate(model, ps: PatchSet, val_idx: torch.Tensor, cfg: TrainConfig, rank:
     return summarize(float(sums[0]), sums[1:].long().numpy().reshape(2, 2))
 
 
-def versions() -> dict:
-    return {"torch": str(torch.__version__), "python": platform.python_version(), "patchstore": patchstore.__version__}
-
-
-def start_run_dir(run_dir: Path, shards: Path, cfg: TrainConfig, ps: PatchSet, split: dict, world: int,
-                  device: torch.device) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "config.json", {
-        "config": cfg.to_dict(), "shards": str(shards.resolve()), "manifest_sha256": ps.manifest_sha256,
-        "build": ps.build, "world_size": world, "device": str(device), "versions": versions()})
-    write_json_atomic(run_dir / "split.json", split_record(split, ps, cfg.val_fraction, cfg.seed))
-    write_json_lines(run_dir / "metrics.jsonl", [])
-
-
-def resume_state(run_dir: Path, cfg: TrainConfig, ps: PatchSet, model, optimizer, scheduler) -> dict:
-    """Load last.pt into model / optimizer / scheduler after checking it belongs to this run."""
-    ckpt = load_checkpoint(run_dir / "last.pt", map_location=ps.x.device)
-    old = ckpt["config"]
-    changed = [k for k, v in cfg.to_dict().items() if old.get(k) != v and k not in RESUMABLE_CHANGES]
-    if changed:
-        detail = ", ".join(f"{k}={getattr(cfg, k)!r} (the run has {old.get(k)!r})" for k in changed)
-        raise CheckpointError(f"{run_dir / 'last.pt'}: can't resume with other training parameters: {detail}")
-    if ckpt.get("manifest_sha256") != ps.manifest_sha256:
-        raise CheckpointError(f"{run_dir / 'last.pt'}: was trained on other shards (manifest SHA-256 "
-                              f"{ckpt.get('manifest_sha256')}); these have {ps.manifest_sha256}")
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    if "rng" in ckpt:
-        set_rng_state(ckpt["rng"])  # each epoch reseeds from (seed, epoch, rank) anyway
-    return {"epoch": ckpt["epoch"], "best_val_loss": ckpt["best_val_loss"]}
-
-
-def reopen_run_dir(run_dir: Path, epoch: int, cfg: TrainConfig) -> None:
-    """Drop metrics lines of epochs after the checkpoint (written before a kill) and temporary files;
-    record the (possibly longer) configuration and the resume in config.json."""
-    remove_stale_temps(run_dir)
-    rows = read_metrics(run_dir)
-    write_json_lines(run_dir / "metrics.jsonl", [r for r in rows if r["epoch"] <= epoch])
-    config = json.loads((run_dir / "config.json").read_text())
-    config["resumed_after_epochs"] = config.get("resumed_after_epochs", []) + [epoch]
-    write_json_atomic(run_dir / "config.json", {**config, "config": cfg.to_dict(), "versions": versions()})
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-
-
-def write_json_lines(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def finish_run_dir(run_dir: Path, cfg: TrainConfig, ps: PatchSet, val_idx: torch.Tensor) -> dict | None:
     """curves.png from metrics.jsonl; confusion.json/png of best.pt on the validation set."""
     plot_curves(read_metrics(run_dir), run_dir / "curves.png")
@@ -293,7 +241,8 @@ def train(shards: str | os.PathLike, run_dir: str | os.PathLike, cfg: TrainConfi
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | val loss "
                       f"{row['val_loss']:.4f} acc {row['val_acc']:.4f} F {row['F-score']:.4f} | {row['samples_per_s']:.0f} "
                       f"samples/s")
-            state = save_epoch(run_dir, row, state, model, optimizer, scheduler, cfg, ps)
+            state = save_epoch(run_dir, row, state, model, optimizer, scheduler, cfg, ps,
+                               rng_record(cfg.seed, row["epoch"]))
     result = {"run_dir": run_dir, "epoch": cfg.epochs, "best_val_loss": state["best_val_loss"], "last": row,
               "model": model}
     if main:
@@ -303,23 +252,6 @@ def train(shards: str | os.PathLike, run_dir: str | os.PathLike, cfg: TrainConfi
     if joined:
         dist.destroy_process_group()
     return result
-
-
-def save_epoch(run_dir: Path, row: dict, state: dict, model, optimizer, scheduler, cfg: TrainConfig,
-               ps: PatchSet) -> dict:
-    """Append the metrics line, then write best.pt (when the validation loss dropped) and last.pt."""
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    best = min(state["best_val_loss"], row["val_loss"])
-    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": row["epoch"], "best_val_loss": best, "val_loss": row["val_loss"], "config": cfg.to_dict(),
-            "build": ps.build, "manifest_sha256": ps.manifest_sha256, "versions": versions(),
-            # informational: resume re-derives both from (seed, epoch, rank), which is what makes it exact
-            "rng": {**rng_state(), "permutation": epoch_generator(cfg.seed, row["epoch"]).get_state()}}
-    if row["val_loss"] < state["best_val_loss"]:
-        save_checkpoint(run_dir / "best.pt", ckpt)
-    save_checkpoint(run_dir / "last.pt", ckpt)
-    return {"epoch": row["epoch"], "best_val_loss": best}
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, shards: str | os.PathLike, device: str = "auto",

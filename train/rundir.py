@@ -1,0 +1,94 @@
+"""The run folder: config.json, split.json, metrics.jsonl and the best.pt / last.pt checkpoints.
+
+    start_run_dir    config.json (configuration, shards, versions), split.json, empty metrics.jsonl
+    save_epoch       one metrics.jsonl line per epoch, best.pt (lowest validation loss), last.pt
+    resume_state     last.pt -> model / optimizer / scheduler, after checking it belongs to this run
+    reopen_run_dir   metrics.jsonl cut back to the checkpoint's epoch; the resume noted in config.json
+
+curves.png and confusion.json/png are written at the end of training (``train.loop.finish_run_dir``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+import patchstore
+from patchstore.shard import write_json_atomic
+from train.checkpoint import CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint, set_rng_state
+from train.config import RESUMABLE_CHANGES, TrainConfig
+from train.data import PatchSet, split_record
+
+
+def versions() -> dict:
+    return {"torch": str(torch.__version__), "python": platform.python_version(), "patchstore": patchstore.__version__}
+
+
+def start_run_dir(run_dir: Path, shards: Path, cfg: TrainConfig, ps: PatchSet, split: dict, world: int,
+                  device: torch.device) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "config.json", {
+        "config": cfg.to_dict(), "shards": str(shards.resolve()), "manifest_sha256": ps.manifest_sha256,
+        "build": ps.build, "world_size": world, "device": str(device), "versions": versions()})
+    write_json_atomic(run_dir / "split.json", split_record(split, ps, cfg.val_fraction, cfg.seed))
+    write_json_lines(run_dir / "metrics.jsonl", [])
+
+
+def resume_state(run_dir: Path, cfg: TrainConfig, ps: PatchSet, model, optimizer, scheduler) -> dict:
+    """Load last.pt into model / optimizer / scheduler after checking it belongs to this run."""
+    ckpt = load_checkpoint(run_dir / "last.pt", map_location=ps.x.device)
+    old = ckpt["config"]
+    changed = [k for k, v in cfg.to_dict().items() if old.get(k) != v and k not in RESUMABLE_CHANGES]
+    if changed:
+        detail = ", ".join(f"{k}={getattr(cfg, k)!r} (the run has {old.get(k)!r})" for k in changed)
+        raise CheckpointError(f"{run_dir / 'last.pt'}: can't resume with other training parameters: {detail}")
+    if ckpt.get("manifest_sha256") != ps.manifest_sha256:
+        raise CheckpointError(f"{run_dir / 'last.pt'}: was trained on other shards (manifest SHA-256 "
+                              f"{ckpt.get('manifest_sha256')}); these have {ps.manifest_sha256}")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if "rng" in ckpt:
+        set_rng_state(ckpt["rng"])  # each epoch reseeds from (seed, epoch, rank) anyway
+    return {"epoch": ckpt["epoch"], "best_val_loss": ckpt["best_val_loss"]}
+
+
+def reopen_run_dir(run_dir: Path, epoch: int, cfg: TrainConfig) -> None:
+    """Drop metrics lines of epochs after the checkpoint (written before a kill) and temporary files;
+    record the (possibly longer) configuration and the resume in config.json."""
+    remove_stale_temps(run_dir)
+    rows = read_metrics(run_dir)
+    write_json_lines(run_dir / "metrics.jsonl", [r for r in rows if r["epoch"] <= epoch])
+    config = json.loads((run_dir / "config.json").read_text())
+    config["resumed_after_epochs"] = config.get("resumed_after_epochs", []) + [epoch]
+    write_json_atomic(run_dir / "config.json", {**config, "config": cfg.to_dict(), "versions": versions()})
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def write_json_lines(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def save_epoch(run_dir: Path, row: dict, state: dict, model, optimizer, scheduler, cfg: TrainConfig,
+               ps: PatchSet, rng: dict) -> dict:
+    """Append the metrics line, then write best.pt (when the validation loss dropped) and last.pt.
+
+    rng: the RNG record stored in the checkpoint (``train.loop.rng_record``).
+    """
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    best = min(state["best_val_loss"], row["val_loss"])
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": row["epoch"], "best_val_loss": best, "val_loss": row["val_loss"], "config": cfg.to_dict(),
+            "build": ps.build, "manifest_sha256": ps.manifest_sha256, "versions": versions(), "rng": rng}
+    if row["val_loss"] < state["best_val_loss"]:
+        save_checkpoint(run_dir / "best.pt", ckpt)
+    save_checkpoint(run_dir / "last.pt", ckpt)
+    return {"epoch": row["epoch"], "best_val_loss": best}
