@@ -221,8 +221,8 @@ def test_real_totalsegmentator_ct_reads(totalseg):
 @pytest.mark.parametrize("perm", list(itertools.permutations(range(3))))
 @pytest.mark.parametrize("signs", list(itertools.product([1, -1], repeat=3)))
 def test_canonical_reorientation_equals_itk_dicomorient(perm, signs):
-    """Our one-copy NumPy reorientation equals ITK's DICOMOrient to LPS for all 48 axis orders and flips."""
-    from patchstore.volume import canonical_array, canonical_geometry
+    """Our one-copy NumPy reorientation and orientation codes equal ITK's for all 48 axis orders and flips."""
+    from patchstore.geometry import canonical_array, canonical_geometry
     d = np.zeros((3, 3))
     for j, i in enumerate(perm):
         d[i, j] = signs[j]
@@ -236,3 +236,5 @@ def test_canonical_reorientation_equals_itk_dicomorient(perm, signs):
                                   sitk.GetArrayFromImage(ref))
     assert g.size == ref.GetSize() and g.spacing == pytest.approx(ref.GetSpacing())
     assert g.origin == pytest.approx(ref.GetOrigin()) and g.direction == pytest.approx(ref.GetDirection())
+    itk_code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    assert Geometry.of(image).orientation == itk_code and g.orientation == "LPS"
