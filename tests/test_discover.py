@@ -55,3 +55,19 @@ def test_csv_paths_relative_to_csv(tmp_path):
     csv.write_text("img,seg\nct/x.nii.gz,seg/x.nii.gz\n")
     with pytest.raises(DiscoveryError, match="expected a header with 'image' and 'mask'"):
         discover(csv)
+
+
+def test_dicom_series_folder_as_a_case(tmp_path):
+    """A DICOM series sub-folder of imagesTr/ pairs with its label file and reads on the mask's grid."""
+    from patchstore.volume import read_case, read_volume
+    from tests.test_volume import _write_dicom_series
+    a = (np.arange(5 * 6 * 7).reshape(5, 6, 7) % 300).astype(np.int16)
+    (tmp_path / "imagesTr").mkdir()
+    _write_dicom_series(tmp_path / "imagesTr" / "ct7", a, (0.5, 0.6, 2.0), (-10.0, -20.0, 30.0))
+    image = read_volume(tmp_path / "imagesTr" / "ct7")
+    (tmp_path / "labelsTr").mkdir()
+    write_volume(tmp_path / "labelsTr" / "ct7.nii.gz", (a > 150).astype(np.uint8), image.geometry)
+    [case] = discover(tmp_path)
+    assert case.case_id == "ct7" and case.image.is_dir()
+    pair = read_case(case.image, case.mask)
+    np.testing.assert_array_equal(pair.mask, (a > 150).astype(np.uint8))
