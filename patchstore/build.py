@@ -148,12 +148,16 @@ def build_job(job: Job, out: Path, cfg: BuildConfig, progress: bool = False) -> 
     return "built", entries
 
 
+def is_disk_full(e: OSError) -> bool:
+    return e.errno == errno.ENOSPC or "No space left" in str(e)
+
+
 def _run_job(job: Job, out: Path, cfg: BuildConfig, progress: bool) -> tuple[str, list[dict]]:
     """Worker entry point: turns a full disk into a clear error (earlier shards stay intact)."""
     try:
         return build_job(job, out, cfg, progress)
     except OSError as e:
-        if e.errno == errno.ENOSPC or "No space left" in str(e):
+        if is_disk_full(e):
             raise BuildError(f"{out}: disk full while writing the shard of {job.case.image} ({e}); shards "
                              f"written before are intact: free space and run the same command to resume") from e
         raise
@@ -245,5 +249,11 @@ def build(input_path: str | Path, out: str | Path, cfg: BuildConfig, *, workers:
                 raise
     bar.close()
     result.manifest = make_manifest(cfg.to_dict(), cfg.content_key(), entries, part)
-    write_json_atomic(out / MANIFEST, result.manifest)
+    try:
+        write_json_atomic(out / MANIFEST, result.manifest)
+    except OSError as e:
+        if is_disk_full(e):
+            raise BuildError(f"{out}: disk full while writing {MANIFEST} ({e}); every shard is complete: "
+                             f"free space and run the same command to write it") from e
+        raise
     return result
