@@ -141,13 +141,12 @@ def evaluate(pred, ref, labels, pred_labels, tolerance_mm, as_json) -> None:
     """Compare a predicted mask PRED with a reference REF (same grid): DSC, JAC, SEN, PRE, SPE, ACC, BF, HD95, ASSD."""
     from infer.metrics import format_table, segmentation_metrics
     from infer.predict import read_reference
-    from patchstore.volume import VolumeError, read_volume
+    from patchstore.volume import VolumeError, binarize, read_volume
     try:
         p = read_volume(pred, dtype=None)
         r = read_reference(ref, p, _labels(labels))
     except VolumeError as e:
         raise click.ClickException(str(e)) from None
-    from patchstore.volume import binarize
     m = segmentation_metrics(binarize(p.array, _labels(pred_labels)).astype(bool), r, p.geometry.spacing_zyx,
                              tolerance_mm)
     click.echo(json.dumps(m, indent=2, default=float) if as_json else format_table(m, title=f"{pred} vs {ref}"))
