@@ -1,12 +1,23 @@
 """Exact stride-1 OP-convNet inference over whole CT volumes.
 
-    from infer import DenseOPConvNet, load_model, segment, segmentation_metrics
+    from infer import load_model, segment
+    model, build = load_model("runs/first/best.pt", torch.device("cpu"))
+    prediction = segment(model, build, patchstore.read_volume("ct.nii.gz"))
+
+Inference imports ``train.model`` and ``train.checkpoint`` only, never the training loop.
 """
 
-from infer.dense import DenseOPConvNet, classify_slices, patch_nonzero
-from infer.metrics import segmentation_metrics
-from infer.postprocess import postprocess
-from infer.predict import load_model, segment, vertebra_probability
+# Names load on first use (PEP 562): `infer --help` answers without importing torch.
+_API = {
+    "DenseOPConvNet": "infer.dense", "classify_slices": "infer.dense", "patch_nonzero": "infer.dense",
+    "segmentation_metrics": "infer.metrics", "postprocess": "infer.postprocess", "load_model": "infer.predict",
+    "segment": "infer.predict", "vertebra_probability": "infer.predict",
+}
+__all__ = sorted(_API)
 
-__all__ = ["DenseOPConvNet", "classify_slices", "load_model", "patch_nonzero", "postprocess", "segment",
-           "segmentation_metrics", "vertebra_probability"]
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'infer' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(_API[name]), name)

@@ -11,7 +11,7 @@ LABELS_HELP = "Reference label values that mean vertebra, e.g. 25-50; default: n
 
 
 def _labels(spec: str | None) -> tuple[int, ...]:
-    from patchstore.volume import parse_labels
+    from patchstore.io.volume import parse_labels
     try:
         return parse_labels(spec)
     except ValueError as e:
@@ -19,7 +19,7 @@ def _labels(spec: str | None) -> tuple[int, ...]:
 
 
 def _case_name(path: Path) -> str:
-    from patchstore.discover import strip_volume_suffix
+    from patchstore.io.discover import strip_volume_suffix
     return strip_volume_suffix(path.name) or path.name
 
 
@@ -76,8 +76,8 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
     from infer.metrics import format_table, label_rule_ceiling, segmentation_metrics
     from infer.overlay import write_overlays
     from infer.predict import load_model, read_reference, segment
-    from patchstore.volume import VolumeError, read_volume, write_mask, write_oriented
-    from train.loop import pick_device
+    from patchstore.io.volume import VolumeError, read_volume, write_mask, write_oriented
+    from train.model import pick_device
     if reference and len(reference) != len(cts):
         raise click.BadParameter(f"{len(reference)} --reference for {len(cts)} CTs; expected one per CT")
     cts = list(cts)
@@ -141,7 +141,7 @@ def evaluate(pred, ref, labels, pred_labels, tolerance_mm, as_json) -> None:
     """Compare a predicted mask PRED with a reference REF (same grid): DSC, JAC, SEN, PRE, SPE, ACC, BF, HD95, ASSD."""
     from infer.metrics import format_table, segmentation_metrics
     from infer.predict import read_reference
-    from patchstore.volume import VolumeError, binarize, read_volume
+    from patchstore.io.volume import VolumeError, binarize, read_volume
     try:
         p = read_volume(pred, dtype=None)
         r = read_reference(ref, p, _labels(labels))

@@ -7,13 +7,12 @@ slice's 2-D DSC in the title. Pixels have their true aspect (sy / sx).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from infer.metrics import ratio
+from patchstore.files import atomic_path
 
 BONE_WINDOW_HU = (-500.0, 1300.0)  # level 400, width 1800
 REF_COLOUR = "#00d000"
@@ -70,15 +69,9 @@ def _draw(fig, ct: np.ndarray, pred: np.ndarray, ref: np.ndarray | None, aspect:
 
 
 def _save_atomic(fig, path: Path) -> None:
-    """Render ``fig`` to PNG at ``path`` via a temporary file in the same folder and os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Render ``fig`` to PNG at ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 def write_overlays(

@@ -21,8 +21,8 @@ from infer.dense import DenseOPConvNet, patch_nonzero
 from infer.patch_engine import patch_logits
 from infer.postprocess import postprocess
 from patchstore.config import BuildConfig
-from patchstore.preprocess import preprocess, to_unit
-from patchstore.volume import Volume, binarize, check_same_grid, read_volume
+from patchstore.io.volume import Volume, binarize, check_same_grid, read_volume
+from patchstore.stages.preprocess import preprocess, to_unit
 from train.checkpoint import load_checkpoint
 from train.model import OPConvNet
 

@@ -1,18 +1,35 @@
 """patchstore: CT volumes to verifiable 32x32 patch shards for OP-convNet (Qadri et al. 2021).
 
+    patchstore/
+      io/        reading and checking CT + masks: volume, geometry, discover, check
+      stages/    the build's steps, each a function: preprocess, augment, patches, balance,
+                 pipeline (one volume through them all), kernels (numba)
+      store/     the shard format: shard (HDF5 writer / reader), manifest, shardset (bulk
+                 reading for training), verify, merge, info
+      phantom/   synthetic spine CT: generate, anatomy, tissue
+      build.py   dataset -> shard folder (orchestrates io, stages and store)
+      config.py  BuildConfig; files.py atomic writes and hashes; cli.py the console script
+
 Public API::
 
-    from patchstore import BuildConfig, ShardReader, read_case, read_manifest
-    from patchstore.build import build      # dataset -> shard folder
-    from patchstore.verify import verify    # shard folder -> list of problems
-    from patchstore.merge import merge      # shard folders -> one
+    from patchstore import BuildConfig, ShardReader, ShardSet, build, read_case, read_manifest, verify
 """
 
 __version__ = "0.1.0"
 
-from patchstore.config import BuildConfig  # noqa: E402
-from patchstore.shard import ShardReader, ShardWriter, read_manifest  # noqa: E402
-from patchstore.volume import read_case, read_volume, write_mask  # noqa: E402
+# Names load on first use (PEP 562), so `patchstore --help` doesn't import numba, h5py or SimpleITK.
+_API = {
+    "BuildConfig": "patchstore.config", "ShardError": "patchstore.store.shard",
+    "ShardReader": "patchstore.store.shard", "ShardSet": "patchstore.store.shardset",
+    "ShardWriter": "patchstore.store.shard", "build": "patchstore.build", "merge": "patchstore.store.merge",
+    "read_case": "patchstore.io.volume", "read_manifest": "patchstore.store.manifest",
+    "read_volume": "patchstore.io.volume", "verify": "patchstore.store.verify", "write_mask": "patchstore.io.volume",
+}
+__all__ = sorted(_API) + ["__version__"]
 
-__all__ = ["BuildConfig", "ShardReader", "ShardWriter", "read_manifest", "read_case", "read_volume",
-           "write_mask", "__version__"]
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'patchstore' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(_API[name]), name)

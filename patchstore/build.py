@@ -24,12 +24,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from patchstore.config import BuildConfig, differing_fields
-from patchstore.discover import CasePaths, discover
-from patchstore.pipeline import build_volume
-from patchstore.shard import (MANIFEST, ShardError, ShardReader, ShardWriter, is_temp, make_manifest,
-                              read_manifest, shard_entry, write_json_atomic)
-from patchstore.volume import VolumeError, content_sha256, read_case
+from patchstore.config import BuildConfig, describe_differences
+from patchstore.files import is_temp, write_json_atomic
+from patchstore.io.discover import CasePaths, discover
+from patchstore.io.volume import VolumeError, content_sha256, read_case
+from patchstore.stages.pipeline import build_volume
+from patchstore.store.manifest import MANIFEST, make_manifest, read_manifest, shard_entry
+from patchstore.store.shard import ShardError, ShardReader, ShardWriter
 
 
 class BuildError(RuntimeError):
@@ -191,10 +192,8 @@ def prepare_output(out: Path, cfg: BuildConfig) -> None:
             except ShardError:
                 pass
     if previous is not None and previous != cfg.to_dict():
-        fields = differing_fields(previous, cfg.to_dict())
         raise BuildError(f"{out}: holds shards built with other parameters (differing: "
-                         + ", ".join(f"{f}={previous.get(f)!r} there, {cfg.to_dict().get(f)!r} now" for f in fields)
-                         + "); choose another output folder")
+                         f"{describe_differences(previous, cfg.to_dict(), 'there', 'now')}); choose another output folder")
     for p in out.iterdir():
         if is_temp(p):
             p.unlink()

@@ -28,7 +28,7 @@ def _ratio(spec: str) -> float:
 
 
 def _labels(spec: str | None) -> tuple[int, ...]:
-    from patchstore.volume import parse_labels
+    from patchstore.io.volume import parse_labels
     try:
         return parse_labels(spec)
     except ValueError as e:
@@ -81,8 +81,9 @@ def main() -> None:
 def build(input_path, out, hu_min, hu_max, sigma, patch, stride, angles, translations, max_shift, rus, ratio,
           seed, dtype, labels, shard_mb, workers, part, keep_going, quiet) -> None:
     """Build RUS-balanced, augmented patch shards from INPUT (a Decathlon folder or an image,mask CSV)."""
-    from patchstore.build import BuildError, build as run_build, parse_part
-    from patchstore.discover import DiscoveryError
+    from patchstore.build import BuildError, parse_part
+    from patchstore.build import build as run_build
+    from patchstore.io.discover import DiscoveryError
     try:
         cfg = BuildConfig(hu_min=hu_min, hu_max=hu_max, sigma=sigma, patch=patch, stride=stride,
                           angles=_floats(angles), translations=translations, max_shift=max_shift, rus=rus,
@@ -106,8 +107,9 @@ def build(input_path, out, hu_min, hu_max, sigma, patch, stride, angles, transla
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def info(folder, as_json) -> None:
     """Show what a shard FOLDER holds: shards, patches per class, build parameters."""
-    from patchstore.info import format_info
-    from patchstore.shard import ShardError, read_manifest
+    from patchstore.store.info import format_info
+    from patchstore.store.manifest import read_manifest
+    from patchstore.store.shard import ShardError
     try:
         manifest = read_manifest(folder)
     except ShardError as e:
@@ -119,8 +121,10 @@ def info(folder, as_json) -> None:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def verify(folder) -> None:
     """Rehash and open every shard of FOLDER, check it against the manifest; exit 1 on any problem."""
-    from patchstore.shard import ShardError, read_manifest
-    from patchstore.verify import leftover_temps, verify as run_verify
+    from patchstore.store.manifest import read_manifest
+    from patchstore.store.shard import ShardError
+    from patchstore.store.verify import leftover_temps
+    from patchstore.store.verify import verify as run_verify
     try:
         problems = run_verify(folder)
         n = len(read_manifest(folder)["shards"])
@@ -142,8 +146,9 @@ def verify(folder) -> None:
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="New shard folder.")
 def merge(inputs, out) -> None:
     """Merge shard folders built with identical parameters (e.g. --part 1/2 and 2/2) into OUT."""
-    from patchstore.merge import MergeError, merge as run_merge
-    from patchstore.shard import ShardError
+    from patchstore.store.merge import MergeError
+    from patchstore.store.merge import merge as run_merge
+    from patchstore.store.shard import ShardError
     try:
         manifest = run_merge(list(inputs), out)
     except (MergeError, ShardError) as e:
@@ -159,8 +164,8 @@ def merge(inputs, out) -> None:
 @click.option("--stride", default=DEFAULTS.stride, show_default=True, help="Grid stride the vertebra patches are counted at.")
 def check(input_path, labels, patch, stride) -> None:
     """Validate a dataset (Decathlon folder or image,mask CSV) before building; exit 1 on any problem."""
-    from patchstore.check import check_dataset
-    from patchstore.discover import DiscoveryError
+    from patchstore.io.check import check_dataset
+    from patchstore.io.discover import DiscoveryError
     n_cases, problems = 0, []
     try:
         for report in check_dataset(input_path, _labels(labels), patch, stride):
@@ -184,6 +189,6 @@ def check(input_path, labels, patch, stride) -> None:
 @click.option("--slices", default=48, show_default=True, help="Axial slices (550 for CSI-sized volumes).")
 def phantom(out, cases, seed, size, slices) -> None:
     """Write synthetic spine CT phantoms (HU, with vertebra masks) in the Decathlon layout to OUT."""
-    from patchstore.phantom import write_dataset
+    from patchstore.phantom.generate import write_dataset
     paths = write_dataset(out, cases=cases, seed=seed, size=size, slices=slices)
     click.echo(f"{out}: {len(paths)} phantom case(s), {size}x{size}x{slices}")

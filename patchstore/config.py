@@ -83,6 +83,23 @@ class BuildConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Build parameters that decide what a patch looks like: training and inference (and test shards)
+# must agree on them. The others (stride, augmentation, RUS, seed, shard size) only decide which
+# patches there are, and may differ between training and test shards.
+PREPROCESSING_FIELDS = ("hu_min", "hu_max", "sigma", "patch", "dtype", "labels")
+
+
 def differing_fields(a: dict, b: dict) -> list[str]:
-    """Names of build parameters whose values differ between two parameter dicts."""
+    """Names of parameters whose values differ between two parameter dicts, sorted."""
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def describe_differences(found: dict, expected: dict, found_where: str, expected_where: str,
+                         fields: list[str] | None = None) -> str:
+    """The one wording of "these parameters differ", e.g. ``seed=0 there, 1 now; sigma=...``.
+
+    ``fields`` defaults to every differing field; ``found_where`` / ``expected_where`` say where
+    each value comes from ("in shards/a.h5", "in the manifest", "now").
+    """
+    fields = differing_fields(found, expected) if fields is None else fields
+    return "; ".join(f"{k}={found.get(k)!r} {found_where}, {expected.get(k)!r} {expected_where}" for k in fields)

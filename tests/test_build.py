@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from patchstore import build as build_mod
 from patchstore.build import BuildError, build, parse_part
 from patchstore.cli import main
 from patchstore.config import BuildConfig
-from patchstore.merge import MergeError, merge
-from patchstore.shard import ShardWriter, read_manifest
-from patchstore.verify import verify
-from patchstore.volume import write_volume
-from tests.conftest import lps_geometry
+from patchstore.io.volume import write_volume
+from patchstore.store.manifest import read_manifest
+from patchstore.store.merge import MergeError, merge
+from patchstore.store.shard import ShardWriter
+from patchstore.store.verify import verify
+from tests.builders import lps_geometry
 
 CFG = BuildConfig(angles=(-10.0,), translations=1)
 
@@ -97,7 +97,7 @@ def test_merge_refuses_different_parameters(build_dataset, tmp_path):
     build(build_dataset, tmp_path / "a", CFG, part=(1, 2), quiet=True)
     build(build_dataset, tmp_path / "b", BuildConfig(angles=(-10.0,), translations=1, stride=16), part=(2, 2),
           quiet=True)
-    with pytest.raises(MergeError, match=r"different parameters \(stride=12 vs 16\)"):
+    with pytest.raises(MergeError, match=r"different parameters \(stride=16 there, 12 in the first folder\)"):
         merge([tmp_path / "a", tmp_path / "b"], tmp_path / "c")
     assert not (tmp_path / "c").exists()
 
@@ -195,7 +195,7 @@ def test_kill_9_then_rerun_equals_uninterrupted(build_dataset, tmp_path):
     build(build_dataset, tmp_path / "full", CFG, quiet=True)
     out = tmp_path / "killed"
     code = ("import sys; from patchstore.build import build; from patchstore.config import BuildConfig; "
-            f"build(sys.argv[1], sys.argv[2], BuildConfig(angles=(-10.0,), translations=1), quiet=True)")
+            "build(sys.argv[1], sys.argv[2], BuildConfig(angles=(-10.0,), translations=1), quiet=True)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(build_dataset), str(out)])
     deadline = time.time() + 60
     while not (out / "case0.h5").exists() and proc.poll() is None and time.time() < deadline:

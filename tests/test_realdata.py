@@ -14,9 +14,9 @@ from infer.dense import DenseOPConvNet, patch_nonzero
 from infer.patch_engine import patch_logits
 from patchstore.build import build
 from patchstore.config import BuildConfig
-from patchstore.preprocess import preprocess, to_unit
-from patchstore.verify import verify
-from patchstore.volume import read_volume
+from patchstore.io.volume import read_volume
+from patchstore.stages.preprocess import preprocess, to_unit
+from patchstore.store.verify import verify
 from train.model import OPConvNet
 
 pytestmark = pytest.mark.realdata

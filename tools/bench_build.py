@@ -26,11 +26,11 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from patchstore import augment, balance, patches
 from patchstore.build import build
-from patchstore.memory import keep_freed_memory
 from patchstore.config import BuildConfig
-from patchstore.pipeline import build_volume, child_seeds
+from patchstore.memory import keep_freed_memory
+from patchstore.stages import augment, balance, patches
+from patchstore.stages.pipeline import build_volume, child_seeds
 
 
 def read(ct: str, mask: str, labels: range) -> tuple[np.ndarray, np.ndarray]:

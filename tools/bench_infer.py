@@ -27,7 +27,7 @@ from infer.patch_engine import patch_logits, patch_macs_per_pixel
 from infer.predict import body_mask
 from patchstore.config import BuildConfig
 from patchstore.memory import keep_freed_memory
-from patchstore.preprocess import preprocess, to_unit
+from patchstore.stages.preprocess import preprocess, to_unit
 from train.model import OPConvNet
 
 

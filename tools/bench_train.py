@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from patchstore.config import BuildConfig
-from patchstore.preprocess import to_unit
-from patchstore.shard import MANIFEST, ShardWriter, make_manifest, read_manifest, shard_entry, write_json_atomic
+from patchstore.files import write_json_atomic
+from patchstore.stages.preprocess import to_unit
+from patchstore.store.manifest import MANIFEST, make_manifest, read_manifest, shard_entry
+from patchstore.store.shard import ShardWriter
 from train.config import TrainConfig
 from train.data import load_shards
 from train.loop import new_model, train_epoch

@@ -3,13 +3,23 @@
     from train import TrainConfig, train, evaluate_checkpoint
     result = train("shards/", "runs/first", TrainConfig(epochs=30))
     metrics = evaluate_checkpoint("runs/first/best.pt", "test-shards/")
+
+``train.model`` (the network, its Table-1 constants, the device choice) and ``train.checkpoint``
+are what inference shares; they import neither the loop, plotting nor torch.distributed.
 """
 
-from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from train.config import TrainConfig
-from train.data import DataError, PatchSet, load_shards, split_patches
-from train.loop import evaluate, evaluate_checkpoint, train
-from train.model import OPConvNet
+# Names load on first use (PEP 562): `import train.model` or `train --help` doesn't load the loop.
+_API = {
+    "CheckpointError": "train.checkpoint", "load_checkpoint": "train.checkpoint", "save_checkpoint": "train.checkpoint",
+    "TrainConfig": "train.config", "DataError": "train.data", "PatchSet": "train.data", "load_shards": "train.data",
+    "split_patches": "train.data", "evaluate": "train.loop", "evaluate_checkpoint": "train.loop", "train": "train.loop",
+    "OPConvNet": "train.model",
+}
+__all__ = sorted(_API)
 
-__all__ = ["CheckpointError", "DataError", "OPConvNet", "PatchSet", "TrainConfig", "evaluate",
-           "evaluate_checkpoint", "load_checkpoint", "load_shards", "save_checkpoint", "split_patches", "train"]
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'train' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(_API[name]), name)

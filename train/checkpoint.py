@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from patchstore.shard import temp_path
+from patchstore.files import atomic_path
 
 REQUIRED = ("model", "epoch", "config", "build")
 
@@ -31,16 +31,8 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

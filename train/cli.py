@@ -16,14 +16,18 @@ import click
 from click.core import ParameterSource
 
 import patchstore
-from patchstore.shard import ShardError
-from train.checkpoint import CheckpointError, load_checkpoint
 from train.config import AMPS, DEVICES, INITS, RESUMABLE_CHANGES, SPLITS, TrainConfig
-from train.data import DataError
-from train.loop import evaluate_checkpoint, train
 
 D = TrainConfig()
-USER_ERRORS = (DataError, CheckpointError, ShardError, ValueError, FileExistsError)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix: one line, no traceback. Imported here, not at the top,
+    so `train --help` answers without loading torch."""
+    from patchstore.store.shard import ShardError
+    from train.checkpoint import CheckpointError
+    from train.data import DataError
+    return (DataError, CheckpointError, ShardError, ValueError, FileExistsError)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -74,6 +78,8 @@ def main() -> None:
 @click.pass_context
 def run(ctx: click.Context, shards: Path, out: Path | None, resume: Path | None, **fields) -> None:
     """Train OP-convNet on the shard folder SHARDS."""
+    from train.checkpoint import load_checkpoint
+    from train.loop import train
     if resume is not None and out is not None and out.resolve() != resume.resolve():
         raise click.BadParameter(f"-o {out} differs from --resume {resume}; give one of them", param_hint="-o")
     try:
@@ -85,7 +91,7 @@ def run(ctx: click.Context, shards: Path, out: Path | None, resume: Path | None,
             cfg = TrainConfig(**fields)
         run_dir = resume or out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         result = train(shards, run_dir, cfg, resume=resume is not None)
-    except USER_ERRORS as e:
+    except user_errors() as e:
         raise click.ClickException(str(e)) from None
     if result.get("confusion") and not cfg.quiet:
         c = result["confusion"]
@@ -102,10 +108,11 @@ def run(ctx: click.Context, shards: Path, out: Path | None, resume: Path | None,
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate(checkpoint: Path, shards: Path, device: str, batch_size: int, verify: bool, as_json: bool) -> None:
     """Patch metrics of CHECKPOINT on every patch in SHARDS (the paper's Table 2, plus SEN)."""
+    from train.loop import evaluate_checkpoint
     log = (lambda s: click.echo(s, err=True)) if as_json else click.echo
     try:
         r = evaluate_checkpoint(checkpoint, shards, device, batch_size, verify, log=log)
-    except USER_ERRORS as e:
+    except user_errors() as e:
         raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(r, indent=2))

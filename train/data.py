@@ -1,6 +1,6 @@
 """Shards -> one device-resident tensor, and the train / validation split.
 
-    manifest.json ── checked: format version, every file's size (--verify: full patchstore verify)
+    patchstore ShardSet ── checked: manifest, every file's size (--verify: full patchstore verify)
     a.h5 patches (Na, 32, 32) ─┐   every shard's attrs 'build' must equal the manifest's
     b.h5 patches (Nb, 32, 32) ─┼─> x (N, 32, 32) uint8|float16  on the device (GPU when there is one)
     ...                        ┘   y (N,) int64                 on the device
@@ -15,27 +15,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from patchstore.config import differing_fields
-from patchstore.shard import MANIFEST, ShardReader, file_sha256, read_manifest
-from patchstore.verify import verify
+from patchstore.store.shardset import ShardSet
 from train.model import PATCH
 
 EXACT_SEARCH_MAX_VOLUMES = 16  # 2**16 subsets: exact in milliseconds; beyond that, greedy
-# Build parameters that decide what a patch looks like; the others (stride, augmentation, RUS,
-# seed, shard size) only decide which patches there are, and may differ between training and test.
-PREPROCESSING_FIELDS = ("hu_min", "hu_max", "sigma", "patch", "dtype", "labels")
 RESERVE_BYTES = 1 << 30  # left free for the model, activations and the runtime
 TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16}
 
 
 class DataError(ValueError):
-    """Shards that can't be trained on: the message names the file, the field and the values."""
+    """Shards that can't be trained on here: the message names the file or the device and the values."""
 
 
 @dataclass(frozen=True)
@@ -55,53 +49,9 @@ class PatchSet:
         return len(self.y)
 
 
-def check_manifest(folder: str | os.PathLike, full_verify: bool = False) -> dict:
-    """The folder's manifest, after checking that every listed shard is present with its size."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    if full_verify:
-        problems = verify(folder)
-        if problems:
-            raise DataError(f"{folder}: `patchstore verify` found {len(problems)} problem(s):\n  "
-                            + "\n  ".join(problems))
-    for entry in manifest["shards"]:
-        path = folder / entry["file"]
-        if not path.is_file():
-            raise DataError(f"{path}: missing (listed in {folder / MANIFEST})")
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            raise DataError(f"{path}: {size:,} bytes; the manifest says {entry['bytes']:,} "
-                            f"(truncated or altered: run `patchstore verify {folder}`)")
-    if not manifest["shards"]:
-        raise DataError(f"{folder / MANIFEST}: lists no shards")
-    return manifest
-
-
-def check_build(path: str | os.PathLike, found: dict, expected: dict, what: str = "the manifest's") -> None:
-    """Refuse a shard built with parameters other than ``expected``, naming the fields."""
-    fields = differing_fields(found, expected)
-    if fields:
-        detail = ", ".join(f"{k}={found.get(k)!r} (expected {expected.get(k)!r})" for k in fields)
-        raise DataError(f"{path}: built with parameters other than {what}: {detail}")
-
-
-def check_preprocessing(path: str | os.PathLike, found: dict, expected: dict, what: str) -> list[str]:
-    """Refuse shards preprocessed otherwise than ``expected`` (naming the fields); return the
-    sampling fields that differ (fine: e.g. test shards built with --no-rus)."""
-    fields = differing_fields(found, expected)
-    bad = [k for k in fields if k in PREPROCESSING_FIELDS]
-    if bad:
-        detail = ", ".join(f"{k}={found.get(k)!r} ({what} has {expected.get(k)!r})" for k in bad)
-        raise DataError(f"{path}: preprocessed with other parameters than {what}: {detail}")
-    return [k for k in fields if k not in PREPROCESSING_FIELDS]
-
-
-def needed_bytes(manifest: dict) -> int:
+def needed_bytes(shards: ShardSet) -> int:
     """Device memory for all patches (stored dtype) and their int64 labels."""
-    build = manifest["build"]
-    itemsize = np.dtype(build["dtype"]).itemsize
-    n = sum(e["patches"] for e in manifest["shards"])
-    return n * (build["patch"] ** 2 * itemsize + 8)
+    return shards.patch_bytes + 8 * len(shards)
 
 
 def available_bytes(device: torch.device) -> int:
@@ -130,45 +80,36 @@ def check_memory(needed: int, device: torch.device) -> None:
 def load_shards(folder: str | os.PathLike, device: torch.device, full_verify: bool = False,
                 log: Callable[[str], None] = print) -> PatchSet:
     """Check the shard folder, then read every shard once into one tensor on ``device``."""
-    folder = Path(folder)
-    manifest = check_manifest(folder, full_verify)
-    build = manifest["build"]
-    if build["patch"] != PATCH:
-        raise DataError(f"{folder / MANIFEST}: patches are {build['patch']}x{build['patch']}; "
+    shards = ShardSet.open(folder, full_verify)
+    if shards.patch_shape != (PATCH, PATCH):
+        raise DataError(f"{shards.folder}: patches are {shards.patch_shape[0]}x{shards.patch_shape[1]}; "
                         f"OP-convNet takes {PATCH}x{PATCH}")
-    needed = needed_bytes(manifest)
-    log(f"loading {sum(e['patches'] for e in manifest['shards']):,} patches from "
-        f"{len(manifest['shards'])} shard(s): {needed / 2**20:,.1f} MiB on {device}")
+    needed = needed_bytes(shards)
+    log(f"loading {len(shards):,} patches from {len(shards.files)} shard(s): {needed / 2**20:,.1f} MiB on {device}")
     check_memory(needed, device)
-    n_total = sum(e["patches"] for e in manifest["shards"])
-    x = torch.empty((n_total, PATCH, PATCH), dtype=TORCH_DTYPES[build["dtype"]], device=device)
+    n_total = len(shards)
+    x = torch.empty((n_total, PATCH, PATCH), dtype=TORCH_DTYPES[shards.build["dtype"]], device=device)
     y = np.empty(n_total, dtype=np.int64)
     origin = np.empty((n_total, 4), dtype=np.int32)
     volume = np.empty(n_total, dtype=np.int64)
     volumes: list[str] = []
     start = 0
-    for entry in manifest["shards"]:
-        path = folder / entry["file"]
-        with ShardReader(path) as r:
-            check_build(path, r.attrs.get("build"), build)
-            n = len(r.labels)
-            if n != entry["patches"]:
-                raise DataError(f"{path}: holds {n} patches; the manifest says {entry['patches']}")
-            part = slice(start, start + n)
-            if device.type == "cpu":  # read straight into the tensor's memory: no extra copy
-                r.patches.read_direct(x.numpy(), dest_sel=np.s_[part])
-            else:
-                x[part].copy_(torch.from_numpy(r.patches[:]))
-            y[part] = r.labels[:]
-            origin[part] = r.origin[:]
-            key = r.attrs["volume_key"]
-        if key not in volumes:
-            volumes.append(key)
-        volume[part] = volumes.index(key)
+    for i, n in enumerate(shards.sizes):
+        part = slice(start, start + n)
+        if device.type == "cpu":  # read straight into the tensor's memory: no extra copy
+            got = shards.read(i, out=x.numpy()[part])
+        else:
+            got = shards.read(i)
+            x[part].copy_(torch.from_numpy(got.patches))
+        y[part] = got.labels
+        origin[part] = got.origin
+        if got.volume_key not in volumes:
+            volumes.append(got.volume_key)
+        volume[part] = volumes.index(got.volume_key)
         start += n
     return PatchSet(x=x, y=torch.from_numpy(y).to(device), origin=origin, volume=volume,
-                    volumes=tuple(volumes), files=tuple(e["file"] for e in manifest["shards"]),
-                    build=build, manifest_sha256=file_sha256(folder / MANIFEST))
+                    volumes=tuple(volumes), files=shards.files, build=shards.build,
+                    manifest_sha256=shards.manifest_sha256)
 
 
 def batch_input(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -26,12 +26,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from patchstore.shard import MANIFEST, write_json_atomic
+from patchstore.files import write_json_atomic
+from patchstore.store.shardset import ShardSet
 from train.checkpoint import load_checkpoint, rng_state
 from train.config import TrainConfig
-from train.data import PatchSet, batch_input, check_manifest, check_preprocessing, load_shards, split_patches
+from train.data import PatchSet, batch_input, load_shards, split_patches
 from train.metrics import metrics_from_matrix
-from train.model import OPConvNet, init_paper
+from train.model import OPConvNet, init_paper, pick_device
 from train.plots import plot_confusion, plot_curves
 from train.rundir import read_metrics, reopen_run_dir, resume_state, save_epoch, start_run_dir
 
@@ -64,19 +65,6 @@ def setup_distributed(device: torch.device) -> tuple[int, int, bool]:
     if joined:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return rank, world, joined
-
-
-def pick_device(name: str) -> torch.device:
-    """auto: this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError(f"device 'cuda' requested but torch {torch.__version__} sees no CUDA GPU; use --device cpu")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    torch.cuda.set_device(device)
-    return device
 
 
 def new_model(cfg: TrainConfig, device: torch.device) -> OPConvNet:
@@ -259,8 +247,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, shards: str | os.PathLike
     """The paper's patch metrics (Table 2: PRE, SPE, ACC, F-score; and SEN), the mean loss and the
     confusion matrix (rows true, columns predicted) of a checkpoint on every patch of a shard folder."""
     ckpt = load_checkpoint(checkpoint)
-    manifest = check_manifest(shards)
-    other = check_preprocessing(Path(shards) / MANIFEST, manifest["build"], ckpt["build"], f"checkpoint {checkpoint}")
+    other = ShardSet.open(shards).check_preprocessing(ckpt["build"], f"checkpoint {checkpoint}")
     if other:
         log(f"note: the shards differ from the training shards only in sampling parameters {other}")
     dev = pick_device(device)

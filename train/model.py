@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -60,3 +62,16 @@ def init_paper(model: nn.Module, std: float = 0.01, generator: torch.Generator |
 
 def count_learnables(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device 'cuda' requested but torch {torch.__version__} sees no CUDA GPU; use --device cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(device)
+    return device

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import patchstore
-from patchstore.shard import write_json_atomic
+from patchstore.files import write_json_atomic
 from train.checkpoint import CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint, set_rng_state
 from train.config import RESUMABLE_CHANGES, TrainConfig
 from train.data import PatchSet, split_record

@@ -1,0 +1,1 @@
+"""Reading CT volumes and masks in one canonical orientation, finding cases, checking datasets."""

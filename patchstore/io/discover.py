@@ -1,0 +1,106 @@
+"""Find image/mask pairs: a Decathlon / nnU-Net folder or a CSV with columns ``image,mask``.
+
+    dataset/                        cases.csv
+      imagesTr/case_001_0000.nii.gz   image,mask
+      labelsTr/case_001.nii.gz        ct/a.nii.gz,seg/a.nii.gz   (paths relative to the CSV)
+
+In the folder layout the ``_0000`` channel suffix is optional; each image needs a label file
+with the same case name, and a DICOM series can stand in a sub-folder of either side.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from patchstore.io.volume import READ_SUFFIXES, is_dicom_dir
+
+
+class DiscoveryError(ValueError):
+    """The input is not a dataset this tool can read; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class CasePaths:
+    case_id: str
+    image: Path
+    mask: Path
+
+
+def strip_volume_suffix(name: str) -> str | None:
+    lower = name.lower()
+    for s in sorted(READ_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(s):
+            return name[: -len(s)]
+    return None
+
+
+def _entries(folder: Path) -> dict[str, Path]:
+    """Case name -> volume path for the volume files and DICOM sub-folders in ``folder``."""
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        stem = p.name if p.is_dir() and is_dicom_dir(p) else strip_volume_suffix(p.name)
+        if stem is not None:
+            out[stem] = p
+    return out
+
+
+def discover_folder(root: Path) -> list[CasePaths]:
+    images, labels = root / "imagesTr", root / "labelsTr"
+    for d in (images, labels):
+        if not d.is_dir():
+            raise DiscoveryError(f"{root}: no {d.name}/ folder; expected the Decathlon layout "
+                                 f"imagesTr/ + labelsTr/ or a CSV file with columns image,mask")
+    masks = _entries(labels)
+    cases, missing = [], []
+    for stem, image in _entries(images).items():
+        case_id = stem[:-5] if stem.endswith("_0000") else stem
+        if stem.endswith(("_0001", "_0002", "_0003")):
+            raise DiscoveryError(f"{image}: a second input channel; expected single-channel CT (_0000)")
+        if case_id not in masks:
+            missing.append(case_id)
+            continue
+        cases.append(CasePaths(case_id, image, masks[case_id]))
+    if missing:
+        raise DiscoveryError(f"{labels}: no label file for case(s) {', '.join(missing)}; expected "
+                             f"labelsTr/<case>.nii.gz beside imagesTr/<case>_0000.nii.gz")
+    if not cases:
+        raise DiscoveryError(f"{images}: no volumes found; expected files ending in {', '.join(READ_SUFFIXES)}")
+    return cases
+
+
+def discover_csv(path: Path) -> list[CasePaths]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip() for c in (reader.fieldnames or [])]
+        if "image" not in fields or "mask" not in fields:
+            raise DiscoveryError(f"{path}: columns {fields}; expected a header with 'image' and 'mask'")
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    cases, seen = [], set()
+    for line, row in enumerate(rows, start=2):
+        image, mask = path.parent / row["image"], path.parent / row["mask"]
+        for field, p in (("image", image), ("mask", mask)):
+            if not row[field] or not p.exists():
+                raise DiscoveryError(f"{path}, line {line}: {field} {row[field]!r} does not exist "
+                                     f"(resolved to {p}); expected a path relative to the CSV")
+        case_id = row.get("case") or strip_volume_suffix(image.name) or image.name
+        if case_id in seen:
+            raise DiscoveryError(f"{path}, line {line}: case name {case_id!r} appears twice; expected "
+                                 f"unique image names (or a 'case' column)")
+        seen.add(case_id)
+        cases.append(CasePaths(case_id, image, mask))
+    if not cases:
+        raise DiscoveryError(f"{path}: no rows; expected one image,mask pair per line")
+    return cases
+
+
+def discover(path: str | Path) -> list[CasePaths]:
+    """Image/mask pairs of a dataset folder or CSV, sorted by case name."""
+    path = Path(path)
+    if not path.exists():
+        raise DiscoveryError(f"{path}: no such file or folder")
+    cases = discover_csv(path) if path.is_file() else discover_folder(path)
+    return sorted(cases, key=lambda c: c.case_id)

@@ -1,0 +1,6 @@
+"""Synthetic spine CT phantoms in HU with vertebra masks (``generate``), painted from the tissue
+classes and primitives of ``tissue`` by ``anatomy``."""
+
+from patchstore.phantom.generate import Phantom, make_phantom, write_dataset
+
+__all__ = ["Phantom", "make_phantom", "write_dataset"]

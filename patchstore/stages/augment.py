@@ -1,0 +1,112 @@
+"""Augmented views of an axial slice: rotations about the slice centre, then random shifts.
+
+View index ``a`` enumerates (rotation r in [0] + angles) x (translation t in 0..translations):
+
+    a = r * (1 + translations) + t          view 0 = (no rotation, no shift) = the original
+
+Translated copies (t >= 1) get a shift (dy, dx) drawn uniformly in [-max_shift, max_shift] per
+slice and per copy; t = 0 is unshifted. Image and mask go through the SAME affine map: the image
+bilinearly, the mask nearest-neighbour, zero outside the slice. An identity map is not resampled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from patchstore.config import BuildConfig
+from patchstore.stages import kernels
+
+IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def view_angles(cfg: BuildConfig) -> np.ndarray:
+    """(n_views,) float64 rotation angle in degrees of each view (0 for the unrotated ones)."""
+    return np.repeat(np.array((0.0,) + cfg.angles), 1 + cfg.translations)
+
+
+def view_shifted(cfg: BuildConfig) -> np.ndarray:
+    """(n_views,) bool, True for the translated copies (t >= 1)."""
+    return np.tile(np.arange(1 + cfg.translations) > 0, 1 + len(cfg.angles))
+
+
+def draw_shifts(n_slices: int, cfg: BuildConfig, rng: np.random.Generator) -> np.ndarray:
+    """(n_slices, n_views, 2) float64 shifts (dy, dx) in pixels; zero for unshifted views.
+
+    Draws every entry (also the ones zeroed after) so the stream does not depend on which views
+    are shifted: one call of ``rng.uniform`` of that shape.
+    """
+    s = rng.uniform(-cfg.max_shift, cfg.max_shift, size=(n_slices, cfg.n_views, 2))
+    s[:, ~view_shifted(cfg)] = 0.0
+    return s
+
+
+def affine_map(angle: float, shift: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(2, 3) float64 map from an OUTPUT pixel to the INPUT coordinate it samples.
+
+    The view rotates the slice by ``angle`` degrees about c = ((H-1)/2, (W-1)/2)
+    (counter-clockwise as displayed with row 0 at the top), then shifts it by t = (dy, dx):
+
+        forward:  p_out = R(angle) (p_in - c) + c + t
+        sampled:  p_in  = R(-angle) (p_out - c - t) + c  =  M @ p_out + m
+
+              (row, col) of output --M, m--> (y, x) in input --bilinear / nearest--> value
+
+    with R(a) = [[cos a, -sin a], [sin a, cos a]] acting on (row, col).
+    """
+    th = np.deg2rad(angle)
+    cos, sin = np.cos(th), np.sin(th)
+    rot_inv = np.array([[cos, sin], [-sin, cos]])
+    c = np.array([(shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0])
+    offset = c - rot_inv @ (c + np.asarray(shift, dtype=np.float64))
+    if angle == 0.0:  # keep the identity exact: cos(0) = 1, sin(0) = 0, offset = -t
+        offset = -np.asarray(shift, dtype=np.float64)
+    return np.ascontiguousarray(np.column_stack([rot_inv, offset]))
+
+
+def slice_maps(angles: np.ndarray, shifts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(n_views, 2, 3) float64 maps of one slice from (n_views,) angles and (n_views, 2) shifts."""
+    return np.stack([affine_map(a, s, shape) for a, s in zip(angles, shifts)])
+
+
+def volume_maps(cfg: BuildConfig, shifts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(Z, n_views, 2, 3) float64 maps of every view of every slice from (Z, n_views, 2) shifts."""
+    angles = view_angles(cfg)
+    return np.ascontiguousarray(np.stack([slice_maps(angles, s, shape) for s in shifts]).reshape(shifts.shape[:2] + (2, 3)))
+
+
+def is_identity(m: np.ndarray) -> bool:
+    """True when the (2, 3) map is exactly the identity (the view is the slice itself)."""
+    return bool(np.array_equal(m, IDENTITY))
+
+
+def view_image(image: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """(H, W) float32 slice -> (H, W) float32 view (bilinear). The identity returns ``image``."""
+    if is_identity(m):
+        return image
+    kernels.check_array("image slice", image, np.float32, 2)
+    kernels.check_array("affine map", m, np.float64, 2)
+    out = np.empty_like(image)
+    kernels.resample_bilinear(image, m, out)
+    return out
+
+
+def view_mask(mask: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 slice -> (H, W) uint8 view (nearest). The identity returns ``mask``."""
+    if is_identity(m):
+        return mask
+    kernels.check_array("mask slice", mask, np.uint8, 2)
+    kernels.check_array("affine map", m, np.float64, 2)
+    out = np.empty_like(mask)
+    kernels.resample_nearest(mask, m, out)
+    return out
+
+
+def augment_slice(image: np.ndarray, mask: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All views of one slice: (V, H, W) float32 images and (V, H, W) uint8 masks.
+
+    For tests and inspection; the build resamples one view at a time (``view_image``,
+    ``view_mask``) so it never holds all views.
+    """
+    imgs = np.stack([view_image(image, m) for m in maps])
+    masks = np.stack([view_mask(mask, m) for m in maps])
+    return imgs, masks

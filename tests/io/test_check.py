@@ -1,0 +1,63 @@
+"""`patchstore check`: one line per case, every problem, non-zero exit on any."""
+
+from __future__ import annotations
+
+import numpy as np
+from click.testing import CliRunner
+
+from patchstore.cli import main
+from patchstore.io.check import check_dataset
+from patchstore.io.volume import write_volume
+from tests.builders import lps_geometry
+
+
+def test_check_reports_each_case(build_dataset):
+    """Each case gets size, spacing, orientation, label values and vertebra counts; exit 0 when clean."""
+    result = CliRunner().invoke(main, ["check", str(build_dataset)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("case0: size 76x72x5, spacing 0.8x0.7x2.5 mm, LPS, labels {0,1}")
+    assert "axial slices with vertebra 5/5" in lines[0]
+    n = int(lines[0].split("vertebra patches ")[1])
+    assert n > 0
+    assert lines[-1] == "3 case(s), 0 problem(s)"
+
+
+def test_check_flags_vertebrae_too_small_for_the_patch(tiny_dataset):
+    """Vertebrae that never fill half a 32x32 patch are a problem that says to resample."""
+    result = CliRunner().invoke(main, ["check", str(tiny_dataset)])
+    assert result.exit_code == 1
+    assert "vertebra patches 0" in result.output.splitlines()[0]
+    assert "never fill more than half of a 32x32 patch at 0.8x0.7 mm pixels" in result.output
+    assert CliRunner().invoke(main, ["check", str(tiny_dataset), "--patch", "16"]).exit_code == 0
+
+
+def test_check_flags_problems_and_exits_nonzero(tiny_dataset):
+    """An empty mask and a mismatched grid are both reported; exit status 1."""
+    img = np.zeros((6, 40, 44), np.uint8)
+    write_volume(tiny_dataset / "labelsTr" / "case1.nii.gz", img, lps_geometry(img.shape))
+    write_volume(tiny_dataset / "labelsTr" / "case2.nii.gz", img, lps_geometry(img.shape, spacing=(1, 1, 1)))
+    result = CliRunner().invoke(main, ["check", str(tiny_dataset)])
+    assert result.exit_code == 1
+    assert "case1.nii.gz: no vertebra voxels" in result.output
+    assert "case2: FAILED" in result.output and "spacing is (1, 1, 1) in the mask" in result.output
+    assert result.output.splitlines()[-1] == "3 case(s), 3 problem(s)"  # and case0's vertebrae are too small
+
+
+def test_check_wrong_labels_named(tiny_dataset):
+    """Selecting labels that don't occur names the selection and the values found."""
+    [report, *_] = check_dataset(tiny_dataset, (25, 26))
+    assert report.problems and "none of the selected labels 25,26 occurs; label values found: 0,1" in report.problems[0]
+
+
+def test_check_real_ct_vertebrae(tmp_path, totalseg):
+    """On the real 3 mm TotalSegmentator CT, --labels 25-50 reports its vertebrae and their few patches."""
+    csv = tmp_path / "real.csv"
+    csv.write_text(f"image,mask\n{totalseg / 'example_ct.nii.gz'},{totalseg / 'example_seg_fast_force_split.nii.gz'}\n")
+    result = CliRunner().invoke(main, ["check", str(csv), "--labels", "25-50"])
+    line = result.output.splitlines()[0]
+    assert "size 122x101x112, spacing 3x3x3 mm, RAS" in line
+    voxels = int(line.split("vertebra voxels ")[1].split(", axial")[0].replace(",", ""))
+    assert voxels > 10_000
+    assert result.exit_code == 0, result.output
+    assert 0 < int(line.split("vertebra patches ")[1].replace(",", "")) < 100  # 3 mm: vertebrae ~13 pixels wide

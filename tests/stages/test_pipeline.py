@@ -1,0 +1,129 @@
+"""build_volume end to end on a small synthetic CT: counts, labels, patches, determinism."""
+
+import numpy as np
+import pytest
+
+from patchstore.config import BuildConfig
+from patchstore.stages import augment
+from patchstore.stages.balance import class_counts
+from patchstore.stages.patches import grid_shape
+from patchstore.stages.pipeline import build_volume, child_seeds
+from patchstore.stages.preprocess import preprocess_float, quantize
+
+N, STRIDE = 16, 6
+
+
+@pytest.fixture(scope="module")
+def volume():
+    """(4, 70, 64) HU image with a bright 'vertebra' disc and ribs-like noise; its 0/1 mask."""
+    rng = np.random.default_rng(5)
+    z, h, w = 4, 70, 64
+    image = rng.normal(40, 30, (z, h, w)).astype(np.float32)
+    i, j = np.indices((h, w))
+    mask = np.zeros((z, h, w), np.uint8)
+    for k in range(z):
+        disc = (i - 35 - k) ** 2 + (j - 30) ** 2 < (14 + k) ** 2
+        mask[k] = disc
+        image[k][disc] = rng.uniform(300, 1400, disc.sum())
+    image[:, 5:9, 50:60] = 800.0  # bone that is not vertebra
+    return image, mask
+
+
+def cfg_for(**kw):
+    return BuildConfig(patch=N, stride=STRIDE, **kw)
+
+
+def test_counts_and_labels_view0(volume):
+    """counts_before/after follow the grid and RUS; view-0 labels follow the 513 rule on the mask."""
+    image, mask = volume
+    cfg = cfg_for()
+    out = build_volume(image, mask, cfg, np.random.SeedSequence(11))
+    gr, gc = grid_shape(image.shape[1:], N, STRIDE)
+    assert sum(out.counts_before) == image.shape[0] * cfg.n_views * gr * gc
+    n0, n1 = out.counts_before
+    assert 0 < n1 < n0
+    assert out.counts_after == (min(n0, round(cfg.ratio * n1)), n1) == class_counts(out.labels)
+    assert out.patches.shape == (len(out.labels), N, N) and out.patches.dtype == np.uint8
+    assert out.origin.dtype == np.int32 and out.labels.dtype == np.uint8
+    key = ((out.origin[:, 0] * cfg.n_views + out.origin[:, 3]) * gr + out.origin[:, 1] // STRIDE) * gc
+    assert np.all(np.diff(key + out.origin[:, 2] // STRIDE) > 0)  # candidate order
+    v0 = out.origin[:, 3] == 0
+    assert v0.sum() > 0
+    for (z, r, c, _), lab in zip(out.origin[v0], out.labels[v0]):
+        assert lab == int(mask[z, r : r + N, c : c + N].sum() * 2 > N * N)
+
+
+def test_labels_of_augmented_views_follow_their_mask_view(volume):
+    """Labels of rotated/shifted views equal the rule on the mask view drawn with the same shifts."""
+    image, mask = volume
+    cfg = cfg_for()
+    seq = np.random.SeedSequence(11)
+    out = build_volume(image, mask, cfg, seq)
+    shifts = augment.draw_shifts(image.shape[0], cfg, np.random.default_rng(child_seeds(seq, 2)[0]))
+    angles = augment.view_angles(cfg)
+    for (z, r, c, a), lab in zip(out.origin, out.labels):
+        m = augment.affine_map(angles[a], shifts[z, a], image.shape[1:])
+        mv = augment.view_mask(mask[z], m)
+        assert lab == int(mv[r : r + N, c : c + N].sum() * 2 > N * N)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float16"])
+def test_view0_patches_are_quantized_preprocess(volume, dtype):
+    """Patches of view 0 equal quantize(preprocess_float(image)) cropped at their origin."""
+    image, mask = volume
+    cfg = cfg_for(dtype=dtype)
+    out = build_volume(image, mask, cfg, np.random.SeedSequence(3))
+    ref = quantize(preprocess_float(image, cfg), dtype)
+    assert out.patches.dtype == np.dtype(dtype)
+    for p, (z, r, c, a) in zip(out.patches, out.origin):
+        if a == 0:
+            np.testing.assert_array_equal(p, ref[z, r : r + N, c : c + N])
+
+
+def test_rerun_is_byte_identical_and_seed_matters(volume):
+    """Same inputs and the same SeedSequence object give identical bytes; another seed differs."""
+    image, mask = volume
+    cfg = cfg_for()
+    seq = np.random.SeedSequence(2024)
+    a = build_volume(image, mask, cfg, seq)
+    b = build_volume(image, mask, cfg, seq)
+    for f in ("patches", "labels", "origin"):
+        assert getattr(a, f).tobytes() == getattr(b, f).tobytes()
+    c = build_volume(image, mask, cfg, np.random.SeedSequence(2025))
+    assert c.origin.tobytes() != a.origin.tobytes()
+
+
+def test_no_rus_no_augmentation_keeps_every_candidate(volume):
+    """rus=False keeps all candidates; with no augmentation they are the plain grid of each slice."""
+    image, mask = volume
+    cfg = cfg_for(rus=False, angles=(), translations=0)
+    calls = []
+    out = build_volume(image, mask, cfg, np.random.SeedSequence(0), progress=calls.append)
+    gr, gc = grid_shape(image.shape[1:], N, STRIDE)
+    assert out.counts_after == out.counts_before and len(out.labels) == image.shape[0] * gr * gc
+    assert np.all(out.origin[:, 3] == 0)
+    assert sum(calls) == 2 * image.shape[0]
+
+
+def test_bad_inputs_raise(volume):
+    """A float64 image or a multi-label mask is refused with the value expected."""
+    image, mask = volume
+    with pytest.raises(TypeError, match="float32"):
+        build_volume(image.astype(np.float64), mask, cfg_for(), np.random.SeedSequence(0))
+    with pytest.raises(ValueError, match="0/1"):
+        build_volume(image, mask * 25, cfg_for(), np.random.SeedSequence(0))
+
+
+def test_augmented_patches_are_crops_of_their_view(volume):
+    """Patches of rotated/shifted views equal quantize(view_image(preprocessed slice)) crops."""
+    image, mask = volume
+    cfg = cfg_for()
+    seq = np.random.SeedSequence(8)
+    out = build_volume(image, mask, cfg, seq)
+    pre = preprocess_float(image, cfg)
+    shifts = augment.draw_shifts(image.shape[0], cfg, np.random.default_rng(child_seeds(seq, 2)[0]))
+    angles = augment.view_angles(cfg)
+    assert np.any(out.origin[:, 3] > 0)
+    for p, (z, r, c, a) in zip(out.patches, out.origin):
+        view = augment.view_image(pre[z], augment.affine_map(angles[a], shifts[z, a], image.shape[1:]))
+        np.testing.assert_array_equal(p, quantize(view[r : r + N, c : c + N], "uint8"))

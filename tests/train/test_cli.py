@@ -1,0 +1,121 @@
+"""Tests for train.cli through click's CliRunner: `train run` and `train evaluate`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from patchstore.stages.preprocess import to_unit
+from patchstore.store.shard import ShardReader
+from tests.builders import make_shards
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.cli import main
+from train.config import TrainConfig
+from train.loop import new_model
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Noise patches: an untrained model's calls are independent of the labels (a mixed confusion matrix)."""
+    return make_shards(tmp_path_factory.mktemp("shards"), volumes=2, per_volume=24, learnable=False)
+
+
+def all_patches(shards) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 1, 32, 32) float32 network input and (N,) labels, read with plain h5py in manifest order."""
+    x, y = [], []
+    for name in ("case0.h5", "case1.h5"):
+        with ShardReader(shards / name) as r:
+            x.append(to_unit(r.patches[:])[:, None])
+            y.append(r.labels[:])
+    return np.concatenate(x), np.concatenate(y)
+
+
+def mixed_checkpoint(path, build: dict, shards) -> None:
+    """An untrained model whose fc3 bias is shifted so that it calls about half the patches vertebra."""
+    cfg = TrainConfig(init="kaiming", seed=3)
+    model = new_model(cfg, torch.device("cpu")).eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(all_patches(shards)[0]))
+        model.fc3.bias[1] -= (logits[:, 1] - logits[:, 0]).median() + 1e-4
+    save_checkpoint(path, {"model": model.state_dict(), "epoch": 0, "config": cfg.to_dict(), "build": build})
+
+
+def test_help_lists_the_options():
+    """`train run --help` documents the paper's optimisation options."""
+    result = CliRunner().invoke(main, ["run", "--help"])
+    assert result.exit_code == 0
+    for option in ("--val-fraction", "--split-by", "--lr-step", "--weight-decay", "--init", "--max-steps",
+                   "--resume", "--amp", "--channels-last", "--compile", "--quiet"):
+        assert option in result.output
+
+
+def test_run_then_resume(shards, tmp_path):
+    """`train run` writes a run folder; `--resume` with --epochs 2 continues it with the run's options."""
+    out = tmp_path / "run"
+    args = ["run", str(shards), "-o", str(out), "--epochs", "1", "--batch-size", "8", "--max-steps", "2",
+            "--init", "kaiming", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "best.pt").exists() and (out / "curves.png").exists()
+    result = CliRunner().invoke(main, ["run", str(shards), "--resume", str(out), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["batch_size"] == 8 and ckpt["config"]["init"] == "kaiming"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["epochs"] == 2 and config["resumed_after_epochs"] == [1]
+
+
+def test_evaluate_metrics_equal_hand_computed(shards, tmp_path):
+    """`train evaluate --json` gives the confusion counts and ratios computed by hand from the predictions."""
+    ckpt = tmp_path / "model.pt"
+    with ShardReader(shards / "case0.h5") as r:
+        build = r.attrs["build"]
+    mixed_checkpoint(ckpt, build, shards)
+    model = new_model(TrainConfig(), torch.device("cpu")).eval()
+    model.load_state_dict(load_checkpoint(ckpt)["model"])
+    x, t = all_patches(shards)
+    with torch.no_grad():
+        p = model(torch.from_numpy(x)).argmax(1).numpy()
+    tp, fp = int(((p == 1) & (t == 1)).sum()), int(((p == 1) & (t == 0)).sum())
+    tn, fn = int(((p == 0) & (t == 0)).sum()), int(((p == 0) & (t == 1)).sum())
+    assert min(tp, fp, tn, fn) > 0  # a real mix, so every ratio is exercised
+
+    result = CliRunner().invoke(main, ["evaluate", str(ckpt), str(shards), "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.stdout)
+    assert r["confusion"] == [[tn, fp], [fn, tp]] and r["patches"] == len(t)
+    assert r["PRE"] == pytest.approx(tp / (tp + fp)) and r["SPE"] == pytest.approx(tn / (tn + fp))
+    assert r["ACC"] == pytest.approx((tp + tn) / len(t)) and r["SEN"] == pytest.approx(tp / (tp + fn))
+    assert r["F-score"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+
+
+def test_evaluate_refuses_other_preprocessing(shards, tmp_path):
+    """Shards windowed with another hu_max than the checkpoint's are refused, naming the field."""
+    ckpt = tmp_path / "model.pt"
+    with ShardReader(shards / "case0.h5") as r:
+        mixed_checkpoint(ckpt, {**r.attrs["build"], "hu_max": 2000.0}, shards)
+    result = CliRunner().invoke(main, ["evaluate", str(ckpt), str(shards)])
+    assert result.exit_code == 1
+    assert "hu_max=1500.0 in the shards, 2000.0 in checkpoint" in result.output
+
+
+def test_evaluate_accepts_other_sampling(shards, tmp_path):
+    """Shards differing only in sampling (e.g. built with --no-rus) evaluate, with a note."""
+    ckpt = tmp_path / "model.pt"
+    with ShardReader(shards / "case0.h5") as r:
+        mixed_checkpoint(ckpt, {**r.attrs["build"], "rus": False, "stride": 8}, shards)
+    result = CliRunner().invoke(main, ["evaluate", str(ckpt), str(shards)])
+    assert result.exit_code == 0, result.output
+    assert "['rus', 'stride']" in result.output and "PRE" in result.output
+
+
+def test_run_reports_bad_shards_without_traceback(tmp_path):
+    """A folder without manifest.json gives a one-line error, not a traceback."""
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "empty"), "-o", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "no manifest.json" in result.output
