@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+import patchstore
+
 LABELS_HELP = "Reference label values that mean vertebra, e.g. 25-50; default: nonzero."
 
 
@@ -34,6 +36,7 @@ def _outputs(inputs: list[Path], out: Path, suffix: str = ".nii.gz", tag: str = 
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(patchstore.__version__, prog_name="infer")
 def main() -> None:
     """Segment vertebrae in CT with a trained OP-convNet: every pixel's 32x32 patch, exactly."""
     from patchstore.memory import keep_freed_memory

@@ -1,6 +1,6 @@
 """Whole-volume inference: CT -> the paper's stride-1 patch classification -> post-processed mask.
 
-    read_volume (canonical LPS) -> patchstore.preprocess.preprocess (the build's exact window,
+    read_volume (canonical LPS) -> patchstore.stages.preprocess.preprocess (the build's exact window,
     smoothing and quantization, from the checkpoint) -> to_unit -> batches of axial slices ->
     engine (dense or patches) -> softmax -> probability (Z, Y, X) -> argmax -> postprocess
     -> write in the input's own orientation and geometry.

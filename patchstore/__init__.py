@@ -12,7 +12,8 @@
 
 Public API::
 
-    from patchstore import BuildConfig, ShardReader, ShardSet, build, read_case, read_manifest, verify
+    from patchstore import BuildConfig, ShardReader, ShardSet, read_case, read_manifest, verify
+    from patchstore.build import build     # dataset -> shard folder
 """
 
 __version__ = "0.1.0"
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 _API = {
     "BuildConfig": "patchstore.config", "ShardError": "patchstore.store.shard",
     "ShardReader": "patchstore.store.shard", "ShardSet": "patchstore.store.shardset",
-    "ShardWriter": "patchstore.store.shard", "build": "patchstore.build", "merge": "patchstore.store.merge",
+    "ShardWriter": "patchstore.store.shard", "merge": "patchstore.store.merge",
     "read_case": "patchstore.io.volume", "read_manifest": "patchstore.store.manifest",
     "read_volume": "patchstore.io.volume", "verify": "patchstore.store.verify", "write_mask": "patchstore.io.volume",
 }

@@ -6,7 +6,7 @@
     ...                        ┘   y (N,) int64                 on the device
                                    origin (N, 4) int32, volume (N,) int64   NumPy, for the split
 
-    one batch: x[idx] -> float32 (/255 for uint8, as patchstore.preprocess.to_unit) -> (B, 1, 32, 32)
+    one batch: x[idx] -> float32 (/255 for uint8, as patchstore.stages.preprocess.to_unit) -> (B, 1, 32, 32)
 
 Everything is read once, before training: no DataLoader workers, no HDF5 reads in the loop.
 """

@@ -181,10 +181,17 @@ def test_body_mask_option_skips_more_and_keeps_the_body(checkpoint):
     assert not np.allclose(p1[~inside], p0[~inside], atol=1e-5)
 
 
-def test_cli_body_mask_option(tmp_path, checkpoint, rng):
-    """`infer volume --body-mask` runs and reports a skipped fraction."""
-    ct = write_volume(tmp_path / "ct.nii.gz", _ct(rng), lps_geometry((3, 30, 26)))
-    res = CliRunner().invoke(main, ["volume", str(ct), "-m", str(checkpoint), "-o", str(tmp_path / "p.nii.gz"),
-                                    "--body-mask", "--json", "--quiet"])
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.output)[str(ct)]["skipped_fraction"] >= 0
+def test_cli_body_mask_option(tmp_path, checkpoint):
+    """`infer volume --body-mask` skips the air around the body, which the zero-skip alone can't."""
+    hu = np.full((2, 40, 70), -1000, np.int16)
+    hu[:, 5:35, 5:40] = 40
+    hu[:, 10:20, 10:20] = 800
+    hu[:, 15:18, 60:63] = 900  # outside the body: its patches are not all zero
+    ct = write_volume(tmp_path / "ct.nii.gz", hu, lps_geometry(hu.shape))
+    skipped = []
+    for extra in ([], ["--body-mask"]):
+        res = CliRunner().invoke(main, ["volume", str(ct), "-m", str(checkpoint), "-o", str(tmp_path / "p.nii.gz"),
+                                        "--json", "--quiet", *extra])
+        assert res.exit_code == 0, res.output
+        skipped.append(json.loads(res.output)[str(ct)]["skipped_fraction"])
+    assert skipped[1] > skipped[0]

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -30,6 +31,7 @@ def rank_main(rank: int, world: int, port: int, shards: str, run_dir: str, out: 
     torch.save(result["model"].state_dict(), os.path.join(out, f"rank{rank}.pt"))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_train_one_model(tmp_path):
     """Two ranks finish with identical weights; the run folder is written once, by rank 0."""
     shards = make_shards(tmp_path / "shards", volumes=3, per_volume=24)

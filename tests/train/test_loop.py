@@ -72,6 +72,7 @@ def test_resume_equals_uninterrupted_run(shards, straight, tmp_path):
     assert metrics(straight) == metrics(run_dir)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted_run(shards, straight, tmp_path):
     """A `train run` process killed with SIGKILL after its first checkpoint resumes to the same weights."""
     run_dir = tmp_path / "killed"
