@@ -76,10 +76,12 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
     """Segment each CT (NIfTI, MHA/MHD, NRRD or a DICOM series folder) into a vertebra mask."""
     from tqdm import tqdm
 
-    from infer.metrics import format_table, label_rule_ceiling, segmentation_metrics
+    from infer.metrics import format_table, segmentation_metrics
     from infer.overlay import write_overlays
-    from infer.predict import load_model, read_reference, segment
+    from infer.predict import load_model, pixel_warning, read_reference, segment, training_pixel_mm
     from patchstore.io.volume import VolumeError, read_volume, write_mask, write_oriented
+    from patchstore.stages.patches import rule_dsc
+    from patchstore.stages.resample import plane_grid
     from train.model import pick_device
     if reference and len(reference) != len(cts):
         raise click.BadParameter(f"{len(reference)} --reference for {len(cts)} CTs; expected one per CT")
@@ -93,6 +95,7 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
     try:
         dev = pick_device(device)
         model, cfg = load_model(checkpoint, dev)
+        trained_at = training_pixel_mm(checkpoint)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     report = {}
@@ -102,11 +105,18 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
             ref = read_reference(reference[i], vol, _labels(labels)) if reference else None
         except VolumeError as e:
             raise click.ClickException(str(e)) from None
+        spacing_yx = vol.geometry.spacing_zyx[1:]
+        warning = pixel_warning(cfg, trained_at, spacing_yx)
+        if warning:
+            click.echo(f"warning: {ct}: {warning}", err=True)
         plane = vol.array.shape[1] * vol.array.shape[2]
         with tqdm(total=vol.array.size, desc=_case_name(ct), unit="px", unit_scale=True, disable=quiet) as bar:
             pred = segment(model, cfg, vol, postprocess_on=postprocess, engine=engine, skip_zero=skip_zero,
                            body=body_mask, batch_slices=batch_slices, device=dev, bf16=bf16,
                            progress=lambda slices: bar.update(slices * plane))
+        if not pred.mask.any():
+            click.echo(f"warning: {ct}: the predicted mask is empty (no pixel classified vertebra"
+                       + (" after post-processing" if postprocess and pred.raw.any() else "") + ")", err=True)
         write_mask(dst, pred.mask, vol.geometry, vol.source)
         if prob_dst:
             write_oriented(prob_dst, pred.probability, vol.geometry, vol.source)
@@ -121,11 +131,13 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
             entry["metrics"] = segmentation_metrics(pred.mask, ref, sp, tolerance_mm)
             if postprocess:
                 entry["metrics_raw"] = segmentation_metrics(pred.raw, ref, sp, tolerance_mm)
-            entry["label_rule_ceiling_DSC"] = label_rule_ceiling(ref, cfg.patch)
+            grid = plane_grid(ref.shape[1:], spacing_yx, cfg.pixel_mm)
+            entry["label_rule_DSC"] = rule_dsc(ref, cfg.patch, cfg.label_rule, grid)
             if not as_json:
                 click.echo(format_table(entry["metrics"], title=f"{_case_name(ct)} vs {reference[i]}"))
-                click.echo(f"DSC ceiling of the {cfg.patch}x{cfg.patch} patch label rule at this pixel size "
-                           f"(an ideal patch classifier): {entry['label_rule_ceiling_DSC']:.2%}")
+                click.echo(f"label-rule DSC {entry['label_rule_DSC']:.2%}: an ideal classifier of the training "
+                           f"labels ({cfg.label_rule} rule, {cfg.patch}x{cfg.patch} patches of "
+                           f"{grid.spacing[1]:.2f} mm pixels) would score this; not a bound (see README)")
         if overlay:
             write_overlays(overlay / _case_name(ct), vol.array, pred.mask, ref, vol.geometry.spacing_zyx)
         report[str(ct)] = entry

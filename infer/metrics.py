@@ -156,27 +156,6 @@ def segmentation_metrics(
     return out
 
 
-def label_rule_mask(ref: np.ndarray, n: int = 32) -> np.ndarray:
-    """(Z, Y, X) bool: what an ideal classifier of the paper's patches would segment.
-
-    Pixel (r, c) is vertebra iff more than n*n/2 pixels of its n x n patch (rows r-n/2 .. r+n/2-1,
-    zero outside the slice) are vertebra in ``ref``: the training label rule applied at stride 1.
-    Its DSC against ``ref`` is the ceiling OP-convNet can reach at this pixel size (thin processes
-    and edges that never fill half a patch are lost by construction).
-    """
-    h = n // 2
-    padded = np.pad(ref.astype(np.int32), ((0, 0), (h, h - 1), (h, h - 1)))
-    ii = np.pad(padded.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
-    box = ii[:, n:, n:] - ii[:, :-n, n:] - ii[:, n:, :-n] + ii[:, :-n, :-n]
-    return box > n * n // 2
-
-
-def label_rule_ceiling(ref: np.ndarray, n: int = 32) -> float:
-    """DSC of ``label_rule_mask(ref, n)`` against ``ref``: the best OP-convNet can score here."""
-    ideal = label_rule_mask(ref, n)
-    return ratio(2 * int((ideal & ref).sum()), int(ideal.sum()) + int(ref.sum()))
-
-
 def format_table(metrics: dict, title: str | None = None) -> str:
     """Aligned plain-text table: ratio metrics as percentages, HD95/ASSD in mm, others as numbers."""
     if not metrics:

@@ -1,8 +1,11 @@
 """Whole-volume inference: CT -> the paper's stride-1 patch classification -> post-processed mask.
 
-    read_volume (canonical LPS) -> patchstore.stages.preprocess.preprocess (the build's exact window,
-    smoothing and quantization, from the checkpoint) -> to_unit -> batches of axial slices ->
-    engine (dense or patches) -> softmax -> probability (Z, Y, X) -> argmax -> postprocess
+    read_volume (canonical LPS) -> batches of axial slices:
+        to the checkpoint's pixel size (patchstore.stages.resample, bilinear; as the build did)
+        -> patchstore.stages.preprocess.preprocess (the build's window, smoothing, quantization)
+        -> to_unit -> engine (dense or patches) -> softmax -> probability of vertebra
+        -> back to the input's pixels (bilinear)
+    -> probability (Z, Y, X) on the input grid -> > 0.5 -> postprocess
     -> write in the input's own orientation and geometry.
 """
 
@@ -23,6 +26,7 @@ from infer.postprocess import postprocess
 from patchstore.config import BuildConfig
 from patchstore.io.volume import Volume, binarize, check_same_grid, read_volume
 from patchstore.stages.preprocess import preprocess, to_unit
+from patchstore.stages.resample import plane_grid, to_grid_image, to_native
 from train.checkpoint import load_checkpoint
 from train.model import OPConvNet
 
@@ -51,6 +55,26 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[OPConvNet,
     return model.to(device).eval(), BuildConfig.from_dict(ckpt["build"])
 
 
+def training_pixel_mm(checkpoint: str | Path) -> tuple[float, float] | None:
+    """[smallest, largest] pixel size (mm) of the checkpoint's training patches (None: not recorded)."""
+    found = load_checkpoint(checkpoint).get("pixel_mm_range")
+    return (float(found[0]), float(found[1])) if found else None
+
+
+def pixel_warning(build: BuildConfig, trained_at: tuple[float, float] | None,
+                  spacing_yx: tuple[float, float]) -> str | None:
+    """Why the scan's pixels may not suit the model: more than 25 % off the training pixels while
+    the checkpoint classifies at native pixels (no resampling applies). None when fine."""
+    if build.pixel_mm is not None or trained_at is None:
+        return None
+    lo, hi = trained_at
+    if all(lo / 1.25 <= s <= hi * 1.25 for s in spacing_yx):
+        return None
+    return (f"pixels of {spacing_yx[1]:.3g} x {spacing_yx[0]:.3g} mm, but the model was trained on "
+            f"{lo:.3g}-{hi:.3g} mm pixels at native size (no resampling): expect poor masks; train with "
+            f"`patchstore build --pixel-mm` so every scan is brought to one pixel size")
+
+
 def body_mask(hu: np.ndarray, threshold: float = -500.0, opening: int = 2) -> np.ndarray:
     """(Z, Y, X) HU -> (Z, Y, X) bool body, per axial slice: HU > threshold, binary opening (3x3
     square, ``opening`` iterations: drops thin table rails and noise), largest 2-D connected
@@ -69,9 +93,13 @@ def body_mask(hu: np.ndarray, threshold: float = -500.0, opening: int = 2) -> np
 def vertebra_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, *, engine: str = "dense",
                          skip_zero: bool = True, body: bool = False, batch_slices: int = 4,
                          device: torch.device | None = None, bf16: bool = False,
+                         spacing_yx: tuple[float, float] | None = None,
                          progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, float]:
     """(Z, Y, X) HU -> ((Z, Y, X) float32 probability of vertebra, fraction of pixels skipped).
 
+    spacing_yx: the slices' (sy, sx) mm, needed when the checkpoint's build resampled to
+    ``cfg.pixel_mm``: each batch is classified on that grid and the probability brought back
+    (the skipped fraction then counts working-grid pixels).
     skip_zero: pixels whose read window is all zero get the zero patch's logits (exact).
     body: pixels outside ``body_mask`` are skipped too, i.e. also get the zero patch's logits
     (opt-in, not exact: a patch at the body's edge may hold nonzero values outside it).
@@ -80,32 +108,37 @@ def vertebra_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, *, 
         raise ValueError(f"engine {engine!r}; expected one of {ENGINES}")
     if cfg.patch != 32:
         raise ValueError(f"checkpoint's build has patch {cfg.patch}; OP-convNet (Table 1) needs 32")
+    if cfg.pixel_mm is not None and spacing_yx is None:
+        raise ValueError(f"the checkpoint was built at {cfg.pixel_mm} mm pixels; pass the slices' spacing_yx")
+    grid = plane_grid(hu.shape[1:], spacing_yx or (1.0, 1.0), cfg.pixel_mm)
     device = device or next(model.parameters()).device
     dense = DenseOPConvNet(model).to(device) if engine == "dense" else None
     prob = np.empty(hu.shape, np.float32)
     skipped = 0
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for z0 in range(0, hu.shape[0], batch_slices):
-            stored = preprocess(hu[z0:z0 + batch_slices], cfg)
-            x = torch.from_numpy(to_unit(stored)).to(device)
+            hu_grid = to_grid_image(grid, np.asarray(hu[z0:z0 + batch_slices], np.float32))
+            x = torch.from_numpy(to_unit(preprocess(hu_grid, cfg))).to(device)
             need = patch_nonzero(x) if skip_zero else None
             if body:
-                inside = torch.from_numpy(body_mask(hu[z0:z0 + batch_slices])).to(device)
+                inside = torch.from_numpy(body_mask(hu_grid)).to(device)
                 need = inside if need is None else need & inside
             logits = dense(x, need) if dense is not None else patch_logits(model, x, need=need)
-            prob[z0:z0 + len(x)] = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+            p = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+            prob[z0:z0 + len(x)] = to_native(grid, p)
             if need is not None:
                 skipped += int((~need).sum())
             if progress:
                 progress(len(x))
-    return prob, skipped / hu.size
+    return prob, skipped / max(1, hu.shape[0] * grid.shape[0] * grid.shape[1])
 
 
 def segment(model: OPConvNet, cfg: BuildConfig, volume: Volume, *, postprocess_on: bool = True,
             **engine_options) -> Prediction:
     """Classify every pixel of every axial slice of ``volume`` and post-process the mask."""
     t0 = time.perf_counter()
-    prob, skipped = vertebra_probability(model, cfg, volume.array, **engine_options)
+    prob, skipped = vertebra_probability(model, cfg, volume.array, spacing_yx=volume.geometry.spacing_zyx[1:],
+                                         **engine_options)
     raw = prob > 0.5  # argmax of two classes; a tie (exactly 0.5) goes to background
     mask = postprocess(raw, volume.geometry.spacing_zyx) if postprocess_on else raw
     return Prediction(prob, raw, mask, time.perf_counter() - t0, skipped)

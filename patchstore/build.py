@@ -29,6 +29,7 @@ from patchstore.files import is_temp, write_json_atomic
 from patchstore.io.discover import CasePaths, discover
 from patchstore.io.volume import VolumeError, content_sha256, read_case
 from patchstore.stages.pipeline import build_volume
+from patchstore.stages.resample import plane_grid
 from patchstore.store.manifest import MANIFEST, make_manifest, read_manifest, shard_entry
 from patchstore.store.shard import ShardError, ShardReader, ShardWriter
 
@@ -125,7 +126,9 @@ def build_job(job: Job, out: Path, cfg: BuildConfig, progress: bool = False) -> 
     case = read_case(job.case.image, job.case.mask, cfg.labels)
     bar = tqdm(total=case.image.shape[0] * 2, desc=job.case.case_id, unit="slice", leave=False,
                disable=not progress)
-    vp = build_volume(case.image, case.mask, cfg, volume_seed(cfg.seed, job.volume_key), bar.update)
+    spacing_yx = case.geometry.spacing_zyx[1:]
+    grid = plane_grid(case.image.shape[1:], spacing_yx, cfg.pixel_mm)
+    vp = build_volume(case.image, case.mask, cfg, volume_seed(cfg.seed, job.volume_key), bar.update, spacing_yx)
     bar.close()
     n_parts = n_parts_for(len(vp.labels), cfg)
     bounds = np.linspace(0, len(vp.labels), n_parts + 1).round().astype(int)
@@ -133,7 +136,8 @@ def build_job(job: Job, out: Path, cfg: BuildConfig, progress: bool = False) -> 
              "source_image": job.image_rel, "source_mask": job.mask_rel,
              "image_sha256": job.image_sha256, "mask_sha256": job.mask_sha256,
              "volume_key": job.volume_key,
-             "geometry": {"canonical": case.geometry.to_dict(), "source": case.source.to_dict()},
+             "geometry": {"canonical": case.geometry.to_dict(), "source": case.source.to_dict(),
+                          "working": {"shape_yx": list(grid.shape), "spacing_yx": list(grid.spacing)}},
              "label_values": list(case.label_values),
              "counts_before": [int(c) for c in vp.counts_before],
              "counts_after": [int(c) for c in vp.counts_after], "n_parts": n_parts}

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from patchstore import __version__
-from patchstore.config import BuildConfig
+from patchstore.config import LABEL_RULES, BuildConfig
 
 DEFAULTS = BuildConfig()
 
@@ -35,6 +35,25 @@ def _labels(spec: str | None) -> tuple[int, ...]:
         raise click.BadParameter(str(e)) from None
 
 
+def _pixel_mm(spec: str) -> float | None:
+    """'native' -> None; '0.4' -> 0.4."""
+    if spec.strip().lower() == "native":
+        return None
+    try:
+        return float(spec)
+    except ValueError:
+        raise click.BadParameter(f"{spec!r}; expected a pixel size in mm such as 0.4, or 'native'") from None
+
+
+pixel_option = click.option(
+    "--pixel-mm", "pixel_mm", default="native" if DEFAULTS.pixel_mm is None else f"{DEFAULTS.pixel_mm:g}",
+    show_default=True, metavar="MM|native",
+    help="Resample every axial slice in-plane to MM x MM pixels first (image bilinear, mask nearest); "
+         "native keeps the scan's pixels (the paper).")
+rule_option = click.option(
+    "--label-rule", type=click.Choice(LABEL_RULES), default=DEFAULTS.label_rule, show_default=True,
+    help="majority: a patch is vertebra when more than half its pixels are (the paper); centre: when its "
+         "centre pixel is (the pixel stride-1 inference gives the patch's class to).")
 labels_option = click.option("--labels", default=None, metavar="SPEC",
                              help="Mask label values that mean vertebra, e.g. 25-50 (TotalSegmentator) or "
                                   "1,2,3; default: every nonzero value.")
@@ -72,6 +91,8 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(["uint8", "float16"]), default=DEFAULTS.dtype, show_default=True,
               help="Stored patch type: uint8 = round(intensity * 255); float16 keeps more.")
 @labels_option
+@pixel_option
+@rule_option
 @click.option("--shard-mb", default=DEFAULTS.shard_mb, show_default=True,
               help="Split a volume's shard into files of at most this many MB (uncompressed).")
 @click.option("--workers", default=1, show_default=True, help="Volumes built in parallel (processes).")
@@ -79,7 +100,7 @@ def main() -> None:
 @click.option("--keep-going", is_flag=True, help="Build the other volumes when one is bad; list the bad ones at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def build(input_path, out, hu_min, hu_max, sigma, patch, stride, angles, translations, max_shift, rus, ratio,
-          seed, dtype, labels, shard_mb, workers, part, keep_going, quiet) -> None:
+          seed, dtype, labels, pixel_mm, label_rule, shard_mb, workers, part, keep_going, quiet) -> None:
     """Build RUS-balanced, augmented patch shards from INPUT (a Decathlon folder or an image,mask CSV)."""
     from patchstore.build import BuildError, parse_part
     from patchstore.build import build as run_build
@@ -87,7 +108,8 @@ def build(input_path, out, hu_min, hu_max, sigma, patch, stride, angles, transla
     try:
         cfg = BuildConfig(hu_min=hu_min, hu_max=hu_max, sigma=sigma, patch=patch, stride=stride,
                           angles=_floats(angles), translations=translations, max_shift=max_shift, rus=rus,
-                          ratio=_ratio(ratio), seed=seed, dtype=dtype, labels=_labels(labels), shard_mb=shard_mb)
+                          ratio=_ratio(ratio), seed=seed, dtype=dtype, labels=_labels(labels), shard_mb=shard_mb,
+                          pixel_mm=_pixel_mm(pixel_mm), label_rule=label_rule)
         result = run_build(input_path, out, cfg, workers=workers, part=parse_part(part),
                            keep_going=keep_going, quiet=quiet)
     except (BuildError, DiscoveryError, ValueError) as e:
@@ -162,21 +184,31 @@ def merge(inputs, out) -> None:
 @labels_option
 @click.option("--patch", default=DEFAULTS.patch, show_default=True, help="Patch size the vertebra patches are counted for.")
 @click.option("--stride", default=DEFAULTS.stride, show_default=True, help="Grid stride the vertebra patches are counted at.")
-def check(input_path, labels, patch, stride) -> None:
-    """Validate a dataset (Decathlon folder or image,mask CSV) before building; exit 1 on any problem."""
+@pixel_option
+@rule_option
+def check(input_path, labels, patch, stride, pixel_mm, label_rule) -> None:
+    """Validate a dataset (Decathlon folder or image,mask CSV) before building; exit 1 on any problem.
+
+    Per case: size, spacing, orientation, labels, the vertebra patches a build would get at the
+    pixel size and label rule given, and the DSC an ideal classifier of those labels reaches
+    (warning below 0.8, with a pixel size that lifts it).
+    """
     from patchstore.io.check import check_dataset
     from patchstore.io.discover import DiscoveryError
-    n_cases, problems = 0, []
+    n_cases, problems, warnings = 0, [], []
     try:
-        for report in check_dataset(input_path, _labels(labels), patch, stride):
+        for report in check_dataset(input_path, _labels(labels), patch, stride, _pixel_mm(pixel_mm), label_rule):
             n_cases += 1
             click.echo(report.line())
             for p in report.problems:
                 click.echo(f"  PROBLEM {p}")
+            for w in report.warnings:
+                click.echo(f"  WARNING {w}")
             problems.extend(report.problems)
+            warnings.extend(report.warnings)
     except DiscoveryError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"{n_cases} case(s), {len(problems)} problem(s)")
+    click.echo(f"{n_cases} case(s), {len(problems)} problem(s), {len(warnings)} warning(s)")
     if problems:
         sys.exit(1)
 

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 
 FORMAT_VERSION = 1
 DTYPES = ("uint8", "float16")
+LABEL_RULES = ("majority", "centre")
+# Fields added after format 1 was first written, with the value every older shard set was built
+# with: a stored build without them reads as exactly what it was (not as today's defaults).
+LEGACY_VALUES = {"pixel_mm": None, "label_rule": "majority"}
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,12 @@ class BuildConfig:
     Views per slice: the original and one rotation per entry of ``angles`` (degrees), each
     followed by ``translations`` randomly shifted copies (uniform in +-max_shift pixels), so
     ``(1 + len(angles)) * (1 + translations)`` views in all; view 0 is the original slice.
+
+    Pixel size: ``pixel_mm`` resamples every axial slice in-plane to square pixels of that size
+    (mm) before windowing (``stages.resample``); None keeps the native pixels (the paper). Label
+    rule (``stages.patches``): "majority", the paper's, calls a patch vertebra when more than
+    half its pixels are; "centre" when its centre pixel (row and column n/2) is, the pixel that
+    stride-1 inference gives the patch's decision to.
     """
 
     hu_min: float = 100.0
@@ -36,10 +46,14 @@ class BuildConfig:
     dtype: str = "uint8"
     labels: tuple[int, ...] = ()
     shard_mb: float = 1024.0
+    pixel_mm: float | None = None
+    label_rule: str = "majority"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
         object.__setattr__(self, "labels", tuple(int(v) for v in self.labels))
+        if self.pixel_mm is not None:
+            object.__setattr__(self, "pixel_mm", float(self.pixel_mm))
         checks = [
             (self.hu_min < self.hu_max, "hu_min", self.hu_min, f"a value below hu_max={self.hu_max}"),
             (self.hu_max > 0, "hu_max", self.hu_max, "a positive HU value"),
@@ -52,6 +66,9 @@ class BuildConfig:
             (self.dtype in DTYPES, "dtype", self.dtype, f"one of {DTYPES}"),
             (self.shard_mb > 0, "shard_mb", self.shard_mb, "a positive size in MB"),
             (0 <= self.seed < 2**63, "seed", self.seed, "an integer in [0, 2**63)"),
+            (self.pixel_mm is None or 0.05 <= self.pixel_mm <= 10, "pixel_mm", self.pixel_mm,
+             "None (native pixels) or a pixel size in mm between 0.05 and 10"),
+            (self.label_rule in LABEL_RULES, "label_rule", self.label_rule, f"one of {LABEL_RULES}"),
         ]
         for ok, field, found, expected in checks:
             if not ok:
@@ -70,10 +87,12 @@ class BuildConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "BuildConfig":
+        """From stored parameters; fields an older shard set lacks take their LEGACY_VALUES."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"Unknown build parameters {unknown}; expected a subset of {sorted(names)}")
+        d = {**{k: v for k, v in LEGACY_VALUES.items() if k not in d}, **d}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def content_key(self) -> str:
@@ -83,10 +102,10 @@ class BuildConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# Build parameters that decide what a patch looks like: training and inference (and test shards)
-# must agree on them. The others (stride, augmentation, RUS, seed, shard size) only decide which
-# patches there are, and may differ between training and test shards.
-PREPROCESSING_FIELDS = ("hu_min", "hu_max", "sigma", "patch", "dtype", "labels")
+# Build parameters that decide what a patch looks like and what its label means: training and
+# inference (and test shards) must agree on them. The others (stride, augmentation, RUS, seed,
+# shard size) only decide which patches there are, and may differ between training and test shards.
+PREPROCESSING_FIELDS = ("hu_min", "hu_max", "sigma", "patch", "dtype", "labels", "pixel_mm", "label_rule")
 
 
 def differing_fields(a: dict, b: dict) -> list[str]:

@@ -223,3 +223,21 @@ def test_kill_9_then_rerun_equals_uninterrupted(build_dataset, tmp_path):
             f["patches"][:]
     build(build_dataset, out, CFG, quiet=True)
     assert _files(out) == _files(tmp_path / "full")
+
+
+def test_pixel_size_and_label_rule_are_recorded(build_dataset, tmp_path):
+    """--pixel-mm and --label-rule reach the build parameters, the build key and each shard's working grid."""
+    out = tmp_path / "fine"
+    res = CliRunner().invoke(main, ["build", str(build_dataset), "-o", str(out), "--pixel-mm", "0.35",
+                                    "--label-rule", "centre", "--angles", "", "--translations", "0", "--quiet"])
+    assert res.exit_code == 0, res.output
+    manifest = read_manifest(out)
+    assert manifest["build"]["pixel_mm"] == 0.35 and manifest["build"]["label_rule"] == "centre"
+    assert manifest["build_key"] != BuildConfig(angles=(), translations=0).content_key()
+    with h5py.File(out / "case0.h5") as f:
+        working = json.loads(f.attrs["geometry"])["working"]
+        assert working["shape_yx"] == [144, 174]  # 72 x 0.7 mm and 76 x 0.8 mm at 0.35 mm
+        assert working["spacing_yx"] == pytest.approx([0.35, 0.35])
+        assert f["origin"][:, 1].max() + 32 <= 144
+    bad = CliRunner().invoke(main, ["build", str(build_dataset), "-o", str(tmp_path / "x"), "--pixel-mm", "fine"])
+    assert bad.exit_code == 2 and "'fine'; expected a pixel size in mm such as 0.4, or 'native'" in bad.output

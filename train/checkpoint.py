@@ -4,6 +4,7 @@
      "epoch": epochs completed, "val_loss": float, "best_val_loss": float,
      "config": TrainConfig as dict,
      "build": the shard manifest's build parameters (so inference preprocesses identically),
+     "pixel_mm_range": [smallest, largest] pixel size (mm) the training patches were cut at,
      "manifest_sha256": str, "versions": {"torch": str, "python": str, "patchstore": str},
      "rng": {"torch": uint8 tensor, "cuda": [uint8 tensors], "permutation": next epoch's generator}}
 

@@ -44,6 +44,7 @@ class PatchSet:
     files: tuple[str, ...]  # shard file names, load order
     build: dict  # the manifest's build parameters
     manifest_sha256: str
+    pixel_mm_range: tuple[float, float]  # smallest and largest pixel (mm) the patches were cut at
 
     def __len__(self) -> int:
         return len(self.y)
@@ -93,6 +94,7 @@ def load_shards(folder: str | os.PathLike, device: torch.device, full_verify: bo
     origin = np.empty((n_total, 4), dtype=np.int32)
     volume = np.empty(n_total, dtype=np.int64)
     volumes: list[str] = []
+    pixels: list[float] = []
     start = 0
     for i, n in enumerate(shards.sizes):
         part = slice(start, start + n)
@@ -103,13 +105,14 @@ def load_shards(folder: str | os.PathLike, device: torch.device, full_verify: bo
             x[part].copy_(torch.from_numpy(got.patches))
         y[part] = got.labels
         origin[part] = got.origin
+        pixels.extend(got.spacing_yx)
         if got.volume_key not in volumes:
             volumes.append(got.volume_key)
         volume[part] = volumes.index(got.volume_key)
         start += n
     return PatchSet(x=x, y=torch.from_numpy(y).to(device), origin=origin, volume=volume,
                     volumes=tuple(volumes), files=shards.files, build=shards.build,
-                    manifest_sha256=shards.manifest_sha256)
+                    manifest_sha256=shards.manifest_sha256, pixel_mm_range=(min(pixels), max(pixels)))
 
 
 def batch_input(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

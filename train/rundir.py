@@ -87,7 +87,8 @@ def save_epoch(run_dir: Path, row: dict, state: dict, model, optimizer, schedule
     best = min(state["best_val_loss"], row["val_loss"])
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": row["epoch"], "best_val_loss": best, "val_loss": row["val_loss"], "config": cfg.to_dict(),
-            "build": ps.build, "manifest_sha256": ps.manifest_sha256, "versions": versions(), "rng": rng}
+            "build": ps.build, "manifest_sha256": ps.manifest_sha256, "pixel_mm_range": list(ps.pixel_mm_range),
+            "versions": versions(), "rng": rng}
     if row["val_loss"] < state["best_val_loss"]:
         save_checkpoint(run_dir / "best.pt", ckpt)
     save_checkpoint(run_dir / "last.pt", ckpt)

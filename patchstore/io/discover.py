@@ -102,5 +102,8 @@ def discover(path: str | Path) -> list[CasePaths]:
     path = Path(path)
     if not path.exists():
         raise DiscoveryError(f"{path}: no such file or folder")
+    if path.is_file() and path.suffix.lower() != ".csv":
+        raise DiscoveryError(f"{path}: a single file; expected a dataset: a CSV file with columns image,mask "
+                             f"or a folder with imagesTr/ and labelsTr/")
     cases = discover_csv(path) if path.is_file() else discover_folder(path)
     return sorted(cases, key=lambda c: c.case_id)

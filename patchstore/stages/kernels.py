@@ -137,18 +137,9 @@ def resample_nearest(src, m, out):
     src, out: (H, W) uint8; m: (2, 3) float64, the same map as ``resample_bilinear``; the
     input pixel is (floor(y_in + 0.5), floor(x_in + 0.5)).
     """
-    nh, nw = src.shape
-    oh, ow = out.shape
-    for i in range(oh):
-        for j in range(ow):
-            y = m[0, 0] * i + m[0, 1] * j + m[0, 2]
-            x = m[1, 0] * i + m[1, 1] * j + m[1, 2]
-            iy = int(np.floor(y + 0.5))
-            ix = int(np.floor(x + 0.5))
-            if iy < 0 or iy >= nh or ix < 0 or ix >= nw:
-                out[i, j] = 0
-            else:
-                out[i, j] = src[iy, ix]
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] = nearest_at(src, m, i, j)
 
 
 @njit(cache=True)
@@ -241,19 +232,38 @@ def is_identity_map(m):
     return m[0, 0] == 1.0 and m[0, 1] == 0.0 and m[0, 2] == 0.0 and m[1, 0] == 0.0 and m[1, 1] == 1.0 and m[1, 2] == 0.0
 
 
+@njit(cache=True)
+def nearest_at(src, m, i, j):
+    """The nearest-neighbour sample of ``resample_nearest`` at output pixel (i, j) alone."""
+    y = m[0, 0] * i + m[0, 1] * j + m[0, 2]
+    x = m[1, 0] * i + m[1, 1] * j + m[1, 2]
+    iy = int(np.floor(y + 0.5))
+    ix = int(np.floor(x + 0.5))
+    if iy < 0 or iy >= src.shape[0] or ix < 0 or ix >= src.shape[1]:
+        return 0
+    return src[iy, ix]
+
+
 @njit(cache=True, parallel=True)
-def volume_labels(mask, maps, n, stride, out):
+def volume_labels(mask, maps, n, stride, rule, out):
     """Pass 1 of the build: labels of every grid patch of every view of every slice.
 
     mask: (Z, H, W) uint8 0/1; maps: (Z, V, 2, 3) float64 (see ``resample_bilinear``);
-    out: (Z, V, Gr, Gc) uint8, 1 iff the patch count * 2 > n * n. (slice, view) pairs are split
-    over threads; an identity map counts the slice itself.
+    rule 0 (majority): 1 iff the patch count * 2 > n * n; rule 1 (centre): the view's pixel at
+    (r + n/2, c + n/2); out: (Z, V, Gr, Gc) uint8. (slice, view) pairs are split over threads;
+    an identity map reads the slice itself.
     """
     nz, nv = maps.shape[0], maps.shape[1]
     nh, nw = mask.shape[1], mask.shape[2]
+    h = n // 2
     for zv in prange(nz * nv):
         z = zv // nv
         v = zv % nv
+        if rule == 1:
+            for a in range(out.shape[2]):
+                for b in range(out.shape[3]):
+                    out[z, v, a, b] = nearest_at(mask[z], maps[z, v], a * stride + h, b * stride + h)
+            continue
         counts = np.empty((out.shape[2], out.shape[3]), np.int32)
         if is_identity_map(maps[z, v]):
             grid_counts(mask[z], n, stride, counts)
@@ -299,6 +309,62 @@ def volume_patches(image, hu_min, hu_max, w, maps, slice_pairs, pair_bounds, pai
                 gather_u8(pre, rows[k0:k1], cols[k0:k1], out[k0:k1])
             else:
                 gather_f32(pre, rows[k0:k1], cols[k0:k1], out[k0:k1])
+
+
+@njit(cache=True)
+def resize_taps(n_in, n_out, lower, weight):
+    """Linear taps of an edge-aligned resize of one axis from ``n_in`` to ``n_out`` pixels.
+
+    Output pixel i samples input coordinate x = (i + 0.5) * n_in / n_out - 0.5 (pixel edges of
+    both grids coincide at the borders), clamped to [0, n_in - 1] (edge pixels repeat):
+
+        value[i] = (1 - weight[i]) * in[lower[i]] + weight[i] * in[lower[i] + 1]
+
+    lower: (n_out,) int64 with lower + 1 <= n_in - 1 when n_in >= 2; weight: (n_out,) float64.
+    """
+    f = n_in / n_out
+    for i in range(n_out):
+        x = min(max((i + 0.5) * f - 0.5, 0.0), n_in - 1.0)
+        lo = min(int(np.floor(x)), max(n_in - 2, 0))
+        lower[i] = lo
+        weight[i] = x - lo if n_in >= 2 else 0.0
+
+
+@njit(cache=True, parallel=True)
+def resize_bilinear(src, ly, wy, lx, wx, out):
+    """Separable bilinear resize of every slice: src (Z, H, W) float32 -> out (Z, H2, W2) float32.
+
+    ly, wy: (H2,) taps along rows and lx, wx: (W2,) along columns from ``resize_taps``; sums in
+    float64. (slice, output row) pairs are split over threads.
+    """
+    nz, h2, w2 = out.shape
+    w_in = src.shape[2]
+    for zi in prange(nz * h2):
+        z = zi // h2
+        i = zi % h2
+        r0 = ly[i]
+        r1 = min(r0 + 1, src.shape[1] - 1)
+        a = wy[i]
+        for j in range(w2):
+            c0 = lx[j]
+            c1 = min(c0 + 1, w_in - 1)
+            b = wx[j]
+            top = (1.0 - b) * src[z, r0, c0] + b * src[z, r0, c1]
+            bottom = (1.0 - b) * src[z, r1, c0] + b * src[z, r1, c1]
+            out[z, i, j] = np.float32((1.0 - a) * top + a * bottom)
+
+
+@njit(cache=True, parallel=True)
+def resize_nearest(src, ly, wy, lx, wx, out):
+    """Nearest-neighbour resize with the taps of ``resize_bilinear`` (the nearer of the two input
+    pixels, the lower one on a tie): a label map stays a label map. src, out: uint8."""
+    nz, h2, w2 = out.shape
+    for zi in prange(nz * h2):
+        z = zi // h2
+        i = zi % h2
+        r = ly[i] + (1 if wy[i] > 0.5 else 0)
+        for j in range(w2):
+            out[z, i, j] = src[z, r, lx[j] + (1 if wx[j] > 0.5 else 0)]
 
 
 def check_array(name: str, a: np.ndarray, dtype, ndim: int) -> None:

@@ -1,18 +1,22 @@
 """One volume -> its kept, labelled, quantized patches (paper II.A-C), in bounded memory.
 
-    image (Z,H,W) float32 HU, mask (Z,H,W) uint8 0/1
+    image (Z,H,W) float32 HU, mask (Z,H,W) uint8 0/1, native pixels
+      | working grid (H2,W2) at cfg.pixel_mm (stages.resample; the native grid when None)
       | draw all shifts up front: (Z, n_views, 2)            (generator 1 of seed_seq)
-      | pass 1, per slice, per view: resample the MASK only -> label counts -> labels (tiny)
+      | pass 1, per CHUNK slices: mask to the working grid (nearest); per slice, per view:
+      |         resample the MASK only -> labels under cfg.label_rule (tiny)
       | RUS over all candidate labels -> kept indices        (generator 2 of seed_seq)
-      | pass 2, per slice holding kept patches: window + smooth the slice; per view holding kept
-      |         patches: sample the IMAGE view (bilinear) at the kept patches' pixels only,
-      |         quantized straight into the output
-      |         (both passes run CHUNK slices per numba call, (slice, view) pairs over threads)
+      | pass 2, per CHUNK of slices holding kept patches: HU to the working grid (bilinear),
+      |         window + smooth each slice; per view holding kept patches: sample the IMAGE
+      |         view (bilinear) at the kept patches' pixels only, quantized into the output
+      |         (numba calls of CHUNK slices, (slice, view) pairs over threads)
       v
-    VolumePatches: patches (N,n,n), labels (N,), origin (N,4) = (z, row, col, view)
+    VolumePatches: patches (N,n,n), labels (N,), origin (N,4) = (z, row, col, view), rows and
+    columns on the working grid
 
-Views are never stored: each thread holds a few slice-sized scratch arrays, so peak memory is
-the input volume plus the output patches plus about CHUNK slices, whatever the number of views.
+Views are never stored, and the working grid exists CHUNK slices at a time: peak memory is the
+input volume plus the output patches plus about CHUNK working slices, whatever the pixel size
+or the number of views.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 from patchstore.config import BuildConfig
 from patchstore.stages import augment, balance, kernels, patches
 from patchstore.stages.preprocess import gaussian_weights
+from patchstore.stages.resample import PlaneGrid, plane_grid, to_grid_image, to_grid_mask
 
 CHUNK = 16  # slices per kernel call: few thread launches, a progress tick, a small float16 block
 
@@ -70,16 +75,19 @@ def check_volume(image: np.ndarray, mask: np.ndarray) -> None:
 
 
 def candidate_labels(
-    mask: np.ndarray, cfg: BuildConfig, maps: np.ndarray, progress: Callable[[int], object] | None = None
+    mask: np.ndarray, cfg: BuildConfig, maps: np.ndarray, grid: PlaneGrid,
+    progress: Callable[[int], object] | None = None,
 ) -> np.ndarray:
     """Pass 1: (Z * n_views * Gr * Gc,) uint8 labels of every candidate, in candidate order.
 
-    mask: (Z, H, W) uint8 0/1; maps: (Z, n_views, 2, 3) float64 from ``augment.volume_maps``.
+    mask: (Z, H, W) uint8 0/1, native; maps: (Z, n_views, 2, 3) float64 from
+    ``augment.volume_maps`` on the working grid.
     """
     labels = []
     for z0 in range(0, mask.shape[0], CHUNK):
         z1 = min(z0 + CHUNK, mask.shape[0])
-        labels.append(patches.volume_labels(mask[z0:z1], maps[z0:z1], cfg.patch, cfg.stride).ravel())
+        m = to_grid_mask(grid, mask[z0:z1])
+        labels.append(patches.volume_labels(m, maps[z0:z1], cfg.patch, cfg.stride, cfg.label_rule).ravel())
         if progress is not None:
             progress(z1 - z0)
     return np.concatenate(labels) if labels else np.zeros(0, np.uint8)
@@ -107,6 +115,7 @@ def gather_kept(
     cfg: BuildConfig,
     maps: np.ndarray,
     origin: np.ndarray,
+    grid: PlaneGrid,
     progress: Callable[[int], object] | None = None,
 ) -> np.ndarray:
     """Pass 2: (K, n, n) patches at the (K, 4) origins, which are sorted by (z, view).
@@ -131,7 +140,7 @@ def gather_kept(
         k0, k1 = pair_bounds[p0], pair_bounds[p1]
         block = out[k0:k1] if out.dtype == np.uint8 else np.empty((k1 - k0, n, n), np.float32)
         args = (
-            ("image slices", np.ascontiguousarray(image[slices[c0:c1]]), np.float32, 3),
+            ("image slices", to_grid_image(grid, np.ascontiguousarray(image[slices[c0:c1]])), np.float32, 3),
             ("w", w, np.float64, 1),
             ("maps", np.ascontiguousarray(maps[slices[c0:c1]]), np.float64, 4),
             ("slice_pairs", slice_pairs[c0 : c1 + 1] - p0, np.int64, 1),
@@ -162,26 +171,31 @@ def build_volume(
     cfg: BuildConfig,
     seed_seq: np.random.SeedSequence,
     progress: Callable[[int], object] | None = None,
+    spacing_yx: tuple[float, float] | None = None,
 ) -> VolumePatches:
     """(Z, H, W) float32 HU image and uint8 0/1 mask -> the volume's kept patches.
 
+    ``spacing_yx`` (sy, sx) mm of the native pixels is needed when ``cfg.pixel_mm`` is set.
     Randomness: child 0 of ``seed_seq`` draws the shifts, child 1 the RUS sample, so the same
     inputs and ``seed_seq`` give byte-identical outputs. ``progress(k)`` (e.g. a tqdm bar's
     ``update``) is called with the number of slices just finished, in each pass: the calls sum
     to 2 * Z.
     """
     check_volume(image, mask)
+    if cfg.pixel_mm is not None and spacing_yx is None:
+        raise ValueError(f"pixel_mm={cfg.pixel_mm} needs the slices' spacing_yx to resample them")
+    grid = plane_grid(image.shape[1:], spacing_yx or (1.0, 1.0), cfg.pixel_mm)
     shift_seed, rus_seed = child_seeds(seed_seq, 2)
     shifts = augment.draw_shifts(image.shape[0], cfg, np.random.default_rng(shift_seed))
-    maps = augment.volume_maps(cfg, shifts, image.shape[1:])
-    labels = candidate_labels(mask, cfg, maps, progress)
+    maps = augment.volume_maps(cfg, shifts, grid.shape)
+    labels = candidate_labels(mask, cfg, maps, grid, progress)
     if cfg.rus:
         keep = balance.rus_indices(labels, cfg.ratio, np.random.default_rng(rus_seed))
     else:
         keep = np.arange(labels.size, dtype=np.int64)
-    grid = patches.grid_shape(image.shape[1:], cfg.patch, cfg.stride)
-    origin = patches.candidate_origins(keep, cfg.n_views, grid, cfg.stride)
-    out = gather_kept(image, cfg, maps, origin, progress)
+    shape = patches.grid_shape(grid.shape, cfg.patch, cfg.stride)
+    origin = patches.candidate_origins(keep, cfg.n_views, shape, cfg.stride)
+    out = gather_kept(image, cfg, maps, origin, grid, progress)
     kept_labels = labels[keep]
     return VolumePatches(
         patches=out,

@@ -27,12 +27,14 @@ from patchstore.store.verify import verify
 @dataclass(frozen=True)
 class ShardPart:
     """One shard's arrays: patches (n, p, p) (the caller's buffer when one was given), labels (n,)
-    uint8, origin (n, 4) int32, and the key of the volume it was cut from."""
+    uint8, origin (n, 4) int32, the key of the volume it was cut from, and the (sy, sx) mm of
+    the pixels its patches were cut at."""
 
     patches: np.ndarray
     labels: np.ndarray
     origin: np.ndarray
     volume_key: str
+    spacing_yx: tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -126,4 +128,13 @@ class ShardSet:
                 if n:
                     r.patches.read_direct(out)
                 patches = out
-            return ShardPart(patches, r.labels[:], r.origin[:], attrs["volume_key"])
+            return ShardPart(patches, r.labels[:], r.origin[:], attrs["volume_key"], _working_spacing(attrs))
+
+
+def _working_spacing(attrs: dict) -> tuple[float, float]:
+    """(sy, sx) mm of the grid the patches were cut at (older shards: the canonical volume's)."""
+    geometry = attrs.get("geometry") or {}
+    if "working" in geometry:
+        return tuple(float(v) for v in geometry["working"]["spacing_yx"])
+    sx, sy = geometry.get("canonical", {}).get("spacing", (float("nan"),) * 2)[:2]
+    return (float(sy), float(sx))

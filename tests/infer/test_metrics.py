@@ -118,31 +118,3 @@ def test_format_table():
     assert lines[2] == "DSC      66.67 %"
     assert lines[3] == "HD95      2.00 mm"
     assert lines[4] == "ASSD       inf mm"
-
-
-def test_label_rule_mask_keeps_only_majority_patches():
-    """The ideal patch classifier keeps a pixel iff more than 512 of its 32x32 patch pixels are vertebra."""
-    from infer.metrics import label_rule_mask
-    ref = np.zeros((1, 64, 64), bool)
-    ref[0, 10:42, 10:26] = True  # 32 x 16 = 512 pixels: even the patch holding it all is only half
-    assert not label_rule_mask(ref).any()
-    ref[0, 10:42, 26] = True  # 32 x 17 = 544 pixels
-    got = label_rule_mask(ref)
-    padded = np.pad(ref[0], ((16, 15), (16, 15)))
-    brute = np.array([[padded[r:r + 32, c:c + 32].sum() > 512 for c in range(64)] for r in range(64)])
-    np.testing.assert_array_equal(got[0], brute)
-    assert got[0, 26, 26] and not got[0, 26, 10]
-    thin = np.zeros((1, 64, 64), bool)
-    thin[0, :, 30:34] = True  # a 4-pixel-wide process never fills half a patch
-    assert not label_rule_mask(thin).any()
-
-
-def test_label_rule_ceiling_high_for_large_and_zero_for_thin_structures():
-    """An ideal patch classifier nearly reproduces a large block and misses a thin one entirely."""
-    from infer.metrics import label_rule_ceiling
-    big = np.zeros((1, 256, 256), bool)
-    big[0, 28:228, 28:228] = True
-    assert 0.95 < label_rule_ceiling(big) < 1.0  # corners round off
-    thin = np.zeros((1, 64, 64), bool)
-    thin[0, :, 30:34] = True
-    assert label_rule_ceiling(thin) == 0.0

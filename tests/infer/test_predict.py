@@ -22,17 +22,31 @@ from train.model import OPConvNet
 BUILD = BuildConfig(angles=(), translations=0)
 
 
-@pytest.fixture
-def checkpoint(tmp_path) -> Path:
-    """A checkpoint of a randomly initialised network with a bias towards 'vertebra' on bright input."""
+def _save_random_model(path: Path, build: BuildConfig, background_bias: float = 0.0) -> Path:
+    """A checkpoint of a randomly initialised network with a bias towards 'vertebra' on bright input
+    (``background_bias`` added to the background logit)."""
     torch.manual_seed(0)
     model = OPConvNet()
     for m in model.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             torch.nn.init.kaiming_normal_(m.weight)
-    path = tmp_path / "model.pt"
-    save_checkpoint(path, {"model": model.state_dict(), "epoch": 1, "config": {}, "build": BUILD.to_dict()})
+    with torch.no_grad():
+        model.fc3.bias[0] += background_bias
+    save_checkpoint(path, {"model": model.state_dict(), "epoch": 1, "config": {}, "build": build.to_dict(),
+                           "pixel_mm_range": [0.6, 0.9]})
     return path
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    return _save_random_model(tmp_path / "model.pt", BUILD)
+
+
+@pytest.fixture(params=["native", "0.35 mm"])
+def any_checkpoint(request, tmp_path) -> Path:
+    """The network at native pixels, and the same network classifying at 0.35 mm pixels."""
+    build = BUILD if request.param == "native" else BuildConfig(angles=(), translations=0, pixel_mm=0.35)
+    return _save_random_model(tmp_path / "model.pt", build)
 
 
 def _ct(rng, shape=(3, 30, 26)) -> np.ndarray:
@@ -58,7 +72,7 @@ def test_mask_keeps_the_input_geometry_and_orientation(tmp_path, checkpoint, rng
     assert out.GetPixelID() == sitk.sitkUInt8
 
 
-def test_flipped_input_gives_the_flipped_mask(tmp_path, checkpoint, rng):
+def test_flipped_input_gives_the_flipped_mask(tmp_path, any_checkpoint, rng):
     """The same anatomy stored LPS or RAS segments identically once both masks are read canonically."""
     hu = _ct(rng)
     lps = write_volume(tmp_path / "lps.nii.gz", hu, lps_geometry(hu.shape))
@@ -71,7 +85,7 @@ def test_flipped_input_gives_the_flipped_mask(tmp_path, checkpoint, rng):
     ras = write_volume(tmp_path / "ras.nii.gz", hu[:, ::-1, ::-1].copy(), ras_geom)
     r = CliRunner()
     for name in ("lps", "ras"):
-        res = r.invoke(main, ["volume", str(tmp_path / f"{name}.nii.gz"), "-m", str(checkpoint),
+        res = r.invoke(main, ["volume", str(tmp_path / f"{name}.nii.gz"), "-m", str(any_checkpoint),
                               "-o", str(tmp_path / f"{name}_pred.nii.gz"), "--no-postprocess", "--quiet"])
         assert res.exit_code == 0, res.output
     a = read_volume(tmp_path / "lps_pred.nii.gz", dtype=None).array
@@ -79,11 +93,11 @@ def test_flipped_input_gives_the_flipped_mask(tmp_path, checkpoint, rng):
     np.testing.assert_array_equal(a, b)
 
 
-def test_dicom_series_input(tmp_path, checkpoint, rng):
+def test_dicom_series_input(tmp_path, any_checkpoint, rng):
     """A DICOM series folder segments to a mask on its grid."""
     hu = _ct(rng, (3, 20, 24))
     write_dicom_series(tmp_path / "series", hu, (0.5, 0.6, 2.0), (-10.0, -20.0, 30.0))
-    res = CliRunner().invoke(main, ["volume", str(tmp_path / "series"), "-m", str(checkpoint),
+    res = CliRunner().invoke(main, ["volume", str(tmp_path / "series"), "-m", str(any_checkpoint),
                                     "-o", str(tmp_path / "pred.nii.gz"), "--quiet"])
     assert res.exit_code == 0, res.output
     out = read_volume(tmp_path / "pred.nii.gz", dtype=None)
@@ -118,7 +132,7 @@ def test_metrics_against_reference_and_evaluate(tmp_path, checkpoint, rng):
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)[str(ct)]
     assert set(report["metrics"]) >= {"DSC", "JAC", "SEN", "PRE", "SPE", "ACC", "BF", "HD95", "ASSD", "F1_PRE_SEN_eq5"}
-    assert report["label_rule_ceiling_DSC"] == 0.0  # a 12x12 block never fills half a 32x32 patch
+    assert report["label_rule_DSC"] == 0.0  # a 12x12 block never fills half a 32x32 patch
     ev = r.invoke(main, ["evaluate", str(tmp_path / "pred.nii.gz"), str(ref_path), "--labels", "25-50", "--json"])
     assert ev.exit_code == 0, ev.output
     assert json.loads(ev.output)["DSC"] == pytest.approx(report["metrics"]["DSC"])
@@ -195,3 +209,85 @@ def test_cli_body_mask_option(tmp_path, checkpoint):
         assert res.exit_code == 0, res.output
         skipped.append(json.loads(res.output)[str(ct)]["skipped_fraction"])
     assert skipped[1] > skipped[0]
+
+
+def test_permuted_input_gives_the_permuted_mask(tmp_path, any_checkpoint, rng):
+    """A volume stored with x and y swapped (and its anisotropic pixels swapped with them) segments
+    to the same canonical mask."""
+    hu = _ct(rng, (3, 30, 26))
+    g = lps_geometry(hu.shape, spacing=(0.6, 0.8, 2.0))
+    write_volume(tmp_path / "a.nii.gz", hu, g)
+    swapped = Geometry((30, 26, 3), (0.8, 0.6, 2.0), g.origin, (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    write_volume(tmp_path / "b.nii.gz", hu.transpose(0, 2, 1).copy(), swapped)
+    for name in ("a", "b"):
+        res = CliRunner().invoke(main, ["volume", str(tmp_path / f"{name}.nii.gz"), "-m", str(any_checkpoint),
+                                        "-o", str(tmp_path / f"{name}_pred.nii.gz"), "--no-postprocess", "--quiet"])
+        assert res.exit_code == 0, res.output
+    a = read_volume(tmp_path / "a_pred.nii.gz", dtype=None).array
+    b = read_volume(tmp_path / "b_pred.nii.gz", dtype=None).array
+    np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_at_the_scans_own_pixel_size_is_bit_identical(tmp_path, checkpoint, rng):
+    """pixel_mm equal to the scan's spacing classifies the native slices: the very same probabilities."""
+    native_model, native_cfg = load_model(checkpoint, torch.device("cpu"))
+    same = _save_random_model(tmp_path / "same.pt", BuildConfig(angles=(), translations=0, pixel_mm=0.7))
+    model, cfg = load_model(same, torch.device("cpu"))
+    hu = _ct(rng)
+    a, _ = vertebra_probability(native_model, native_cfg, hu, spacing_yx=(0.7, 0.7))
+    b, _ = vertebra_probability(model, cfg, hu, spacing_yx=(0.7, 0.7))
+    assert a.tobytes() == b.tobytes()
+
+
+def test_resampling_checkpoint_classifies_on_its_grid_and_maps_back(tmp_path, rng):
+    """At 0.35 mm the probability is the working grid's classification brought back bilinearly."""
+    from patchstore.stages.preprocess import preprocess, to_unit
+    from patchstore.stages.resample import plane_grid, to_grid_image, to_native
+    fine = _save_random_model(tmp_path / "fine.pt", BuildConfig(angles=(), translations=0, pixel_mm=0.35))
+    model, cfg = load_model(fine, torch.device("cpu"))
+    hu = _ct(rng)
+    got, _ = vertebra_probability(model, cfg, hu, spacing_yx=(0.7, 0.7), engine="patches", skip_zero=False)
+    grid = plane_grid(hu.shape[1:], (0.7, 0.7), 0.35)
+    x = torch.from_numpy(to_unit(preprocess(to_grid_image(grid, hu.astype(np.float32)), cfg)))
+    from infer.patch_engine import patch_logits
+    with torch.no_grad():
+        p = torch.softmax(patch_logits(model, x), dim=1)[:, 1].numpy()
+    np.testing.assert_allclose(got, to_native(grid, p), atol=1e-5)
+    with pytest.raises(ValueError, match="0.35 mm pixels; pass the slices' spacing_yx"):
+        vertebra_probability(model, cfg, hu)
+
+
+def _disc_phantom(pixel_mm: float, fov_mm: float = 40.0) -> np.ndarray:
+    """(2, n, n) HU of the same anatomy at ``pixel_mm``: a bone ring around a soft core, blurred edges."""
+    n = int(round(fov_mm / pixel_mm))
+    c = (np.arange(n) + 0.5) * pixel_mm - fov_mm / 2
+    r = np.hypot(*np.meshgrid(c, c, indexing="ij"))
+    ring = 1 / (1 + np.exp((r - 9) / 0.6)) - 1 / (1 + np.exp((r - 5) / 0.6))
+    return np.repeat((40 + 800 * ring)[None], 2, axis=0).astype(np.float32)
+
+
+def test_phantom_at_two_pixel_sizes_gets_one_answer(tmp_path):
+    """The same anatomy scanned at 0.5 and 0.8 mm pixels, both brought to 0.35 mm, gets nearly the same
+    probabilities there, where a native-pixel model sees two different images."""
+    from patchstore.stages.resample import plane_grid, to_grid_image
+    fine = _save_random_model(tmp_path / "fine.pt", BuildConfig(angles=(), translations=0, pixel_mm=0.35))
+    model, cfg = load_model(fine, torch.device("cpu"))
+    probs = []
+    for pixel in (0.5, 0.8):
+        hu = _disc_phantom(pixel)
+        p, _ = vertebra_probability(model, cfg, hu, spacing_yx=(pixel, pixel))
+        probs.append(to_grid_image(plane_grid(p.shape[1:], (pixel, pixel), 0.4), p))  # compare on one grid
+    assert probs[0].shape == probs[1].shape == (2, 100, 100)
+    assert np.abs(probs[0] - probs[1]).mean() < 0.05
+
+
+def test_pixel_warning_and_empty_mask_warning(tmp_path):
+    """A native-pixel model warns on a scan with 3 mm pixels, and that the mask it drew is empty."""
+    checkpoint = _save_random_model(tmp_path / "m.pt", BUILD, background_bias=1e4)
+    hu = np.full((2, 30, 30), -1000, np.int16)
+    ct = write_volume(tmp_path / "ct.nii.gz", hu, lps_geometry(hu.shape, spacing=(3.0, 3.0, 3.0)))
+    res = CliRunner().invoke(main, ["volume", str(ct), "-m", str(checkpoint), "-o", str(tmp_path / "p.nii.gz"),
+                                    "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "pixels of 3 x 3 mm, but the model was trained on 0.6-0.9 mm pixels" in res.output
+    assert "the predicted mask is empty" in res.output

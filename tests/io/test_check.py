@@ -18,18 +18,20 @@ def test_check_reports_each_case(build_dataset):
     lines = result.output.splitlines()
     assert lines[0].startswith("case0: size 76x72x5, spacing 0.8x0.7x2.5 mm, LPS, labels {0,1}")
     assert "axial slices with vertebra 5/5" in lines[0]
-    n = int(lines[0].split("vertebra patches ")[1])
-    assert n > 0
-    assert lines[-1] == "3 case(s), 0 problem(s)"
+    n = int(lines[0].split("vertebra patches ")[1].split(" at ")[0])
+    assert n > 0 and "at 0.75 mm pixels (76x72), label-rule DSC (majority)" in lines[0]
+    assert lines[-1].startswith("3 case(s), 0 problem(s), ")
 
 
 def test_check_flags_vertebrae_too_small_for_the_patch(tiny_dataset):
     """Vertebrae that never fill half a 32x32 patch are a problem that says to resample."""
     result = CliRunner().invoke(main, ["check", str(tiny_dataset)])
     assert result.exit_code == 1
-    assert "vertebra patches 0" in result.output.splitlines()[0]
-    assert "never fill more than half of a 32x32 patch at 0.8x0.7 mm pixels" in result.output
+    assert "vertebra patches 0 at" in result.output.splitlines()[0]
+    assert "the majority label rule finds no vertebra patch of 32x32 pixels at 0.75 mm" in result.output
     assert CliRunner().invoke(main, ["check", str(tiny_dataset), "--patch", "16"]).exit_code == 0
+    assert CliRunner().invoke(main, ["check", str(tiny_dataset), "--label-rule", "centre"]).exit_code == 0
+    assert CliRunner().invoke(main, ["check", str(tiny_dataset), "--pixel-mm", "0.3"]).exit_code == 0
 
 
 def test_check_flags_problems_and_exits_nonzero(tiny_dataset):
@@ -41,7 +43,7 @@ def test_check_flags_problems_and_exits_nonzero(tiny_dataset):
     assert result.exit_code == 1
     assert "case1.nii.gz: no vertebra voxels" in result.output
     assert "case2: FAILED" in result.output and "spacing is (1, 1, 1) in the mask" in result.output
-    assert result.output.splitlines()[-1] == "3 case(s), 3 problem(s)"  # and case0's vertebrae are too small
+    assert result.output.splitlines()[-1].startswith("3 case(s), 3 problem(s)")  # and case0's are too small
 
 
 def test_check_wrong_labels_named(tiny_dataset):
@@ -51,7 +53,8 @@ def test_check_wrong_labels_named(tiny_dataset):
 
 
 def test_check_real_ct_vertebrae(tmp_path, totalseg):
-    """On the real 3 mm TotalSegmentator CT, --labels 25-50 reports its vertebrae and their few patches."""
+    """The real 3 mm TotalSegmentator CT: few majority patches and a warning that names a pixel size
+    lifting the label rule's DSC; at that pixel size the warning is gone."""
     csv = tmp_path / "real.csv"
     csv.write_text(f"image,mask\n{totalseg / 'example_ct.nii.gz'},{totalseg / 'example_seg_fast_force_split.nii.gz'}\n")
     result = CliRunner().invoke(main, ["check", str(csv), "--labels", "25-50"])
@@ -60,4 +63,11 @@ def test_check_real_ct_vertebrae(tmp_path, totalseg):
     voxels = int(line.split("vertebra voxels ")[1].split(", axial")[0].replace(",", ""))
     assert voxels > 10_000
     assert result.exit_code == 0, result.output
-    assert 0 < int(line.split("vertebra patches ")[1].replace(",", "")) < 100  # 3 mm: vertebrae ~13 pixels wide
+    assert int(line.split("vertebra patches ")[1].split(" at")[0].replace(",", "")) < 100  # vertebrae ~13 px wide
+    warning = result.output.splitlines()[1]
+    assert "WARNING" in warning and "label rule reaches DSC 0.0" in warning
+    pixel = warning.split("--pixel-mm ")[1].split(" ")[0]
+    fine = CliRunner().invoke(main, ["check", str(csv), "--labels", "25-50", "--pixel-mm", pixel])
+    assert fine.exit_code == 0 and "0 warning(s)" in fine.output
+    dsc = float(fine.output.splitlines()[0].rsplit(f"{pixel} mm pixels", 1)[0].rsplit(", ", 1)[1].split()[0])
+    assert dsc >= 0.85

@@ -132,8 +132,47 @@ def test_volume_labels_equals_per_view_twin(rng):
     maps = np.stack([[affine_map(a, np.array(s), mask.shape[1:]) for a, s in ((0, (0, 0)), (10, (1.2, -0.4)))]] * 2)
     n, stride = 8, 5
     out = np.zeros((2, 2) + counts_twin(mask[0], n, stride).shape, np.uint8)
-    kernels.volume_labels(mask, np.ascontiguousarray(maps), n, stride, out)
+    kernels.volume_labels(mask, np.ascontiguousarray(maps), n, stride, 0, out)
     for z in range(2):
         for v in range(2):
             ref = counts_twin(nearest_twin(mask[z], maps[z, v]), n, stride) * 2 > n * n
             np.testing.assert_array_equal(out[z, v], ref)
+
+
+def test_volume_labels_centre_rule_reads_the_view_at_the_patch_centre(rng):
+    """Rule 1 labels each grid patch by the nearest-neighbour view's pixel (r + n/2, c + n/2)."""
+    mask = (rng.random((2, 30, 34)) > 0.5).astype(np.uint8)
+    maps = np.stack([[affine_map(a, np.array(s), mask.shape[1:]) for a, s in ((0, (0, 0)), (10, (1.2, -0.4)))]] * 2)
+    n, stride = 8, 5
+    out = np.zeros((2, 2) + counts_twin(mask[0], n, stride).shape, np.uint8)
+    kernels.volume_labels(mask, np.ascontiguousarray(maps), n, stride, 1, out)
+    rows, cols = np.arange(0, 30 - n + 1, stride) + n // 2, np.arange(0, 34 - n + 1, stride) + n // 2
+    for z in range(2):
+        for v in range(2):
+            np.testing.assert_array_equal(out[z, v], nearest_twin(mask[z], maps[z, v])[np.ix_(rows, cols)])
+
+
+def resize_coords(n_in, n_out):
+    """Edge-aligned source coordinates of an axis resize, clamped (torch's align_corners=False)."""
+    return np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+
+
+@pytest.mark.parametrize("shape_out", [(61, 47), (13, 9), (30, 34)])
+def test_resize_bilinear_equals_map_coordinates(rng, shape_out):
+    """Separable bilinear resize = scipy map_coordinates(order=1) at the edge-aligned, clamped coordinates."""
+    src = rng.random((2, 30, 34), dtype=np.float32)
+    taps = [np.empty(k, np.int64) for k in shape_out], [np.empty(k, np.float64) for k in shape_out]
+    kernels.resize_taps(30, shape_out[0], taps[0][0], taps[1][0])
+    kernels.resize_taps(34, shape_out[1], taps[0][1], taps[1][1])
+    out = np.empty((2,) + shape_out, np.float32)
+    kernels.resize_bilinear(src, taps[0][0], taps[1][0], taps[0][1], taps[1][1], out)
+    yy, xx = np.meshgrid(resize_coords(30, shape_out[0]), resize_coords(34, shape_out[1]), indexing="ij")
+    for z in range(2):
+        ref = ndimage.map_coordinates(src[z].astype(np.float64), [yy, xx], order=1, mode="nearest")
+        np.testing.assert_allclose(out[z], ref, rtol=0, atol=2e-7)
+    near = np.empty((2,) + shape_out, np.uint8)
+    labels = (src * 5).astype(np.uint8)
+    kernels.resize_nearest(labels, taps[0][0], taps[1][0], taps[0][1], taps[1][1], near)
+    iy = np.floor(resize_coords(30, shape_out[0]) + 0.5 - 1e-12).astype(int)  # a tie goes to the lower pixel
+    ix = np.floor(resize_coords(34, shape_out[1]) + 0.5 - 1e-12).astype(int)
+    np.testing.assert_array_equal(near, labels[:, iy][:, :, ix])

@@ -10,9 +10,12 @@ from patchstore.stages.patches import (
     grid_shape,
     grid_starts,
     label_rule,
+    rule_dsc,
+    rule_mask,
     slice_labels,
 )
 from patchstore.stages.preprocess import quantize
+from patchstore.stages.resample import plane_grid
 
 
 def test_grid_starts():
@@ -60,3 +63,51 @@ def test_gather_patches_checks_dtypes():
         gather_patches(src, np.zeros(1, np.int64), np.zeros(1, np.int32), np.empty((1, 4, 4), np.uint8))
     with pytest.raises(TypeError, match="uint8 or float16"):
         gather_patches(src, np.zeros(1, np.int32), np.zeros(1, np.int32), np.empty((1, 4, 4), np.float32))
+
+
+def test_label_rule_mask_keeps_only_majority_patches():
+    """The ideal patch classifier keeps a pixel iff more than 512 of its 32x32 patch pixels are vertebra."""
+    ref = np.zeros((1, 64, 64), bool)
+    ref[0, 10:42, 10:26] = True  # 32 x 16 = 512 pixels: even the patch holding it all is only half
+    assert not rule_mask(ref, 32).any()
+    ref[0, 10:42, 26] = True  # 32 x 17 = 544 pixels
+    got = rule_mask(ref, 32)
+    padded = np.pad(ref[0], ((16, 15), (16, 15)))
+    brute = np.array([[padded[r:r + 32, c:c + 32].sum() > 512 for c in range(64)] for r in range(64)])
+    np.testing.assert_array_equal(got[0], brute)
+    assert got[0, 26, 26] and not got[0, 26, 10]
+    thin = np.zeros((1, 64, 64), bool)
+    thin[0, :, 30:34] = True  # a 4-pixel-wide process never fills half a patch
+    assert not rule_mask(thin, 32).any()
+
+
+def test_rule_dsc_high_for_large_and_zero_for_thin_structures():
+    """An ideal patch classifier nearly reproduces a large block and misses a thin one entirely."""
+    big = np.zeros((1, 256, 256), bool)
+    big[0, 28:228, 28:228] = True
+    assert 0.95 < rule_dsc(big, 32) < 1.0  # corners round off
+    thin = np.zeros((1, 64, 64), bool)
+    thin[0, :, 30:34] = True
+    assert rule_dsc(thin, 32) == 0.0
+
+
+def test_centre_rule_is_the_mask_itself_at_any_pixel_size():
+    """The centre rule's ideal classifier reproduces the reference: DSC 1.0 where the majority rule gets 0."""
+    thin = np.zeros((2, 64, 64), np.uint8)
+    thin[:, :, 30:34] = 1
+    assert rule_dsc(thin, 32, "centre") == 1.0 and rule_dsc(thin, 32, "majority") == 0.0
+
+
+def test_rule_dsc_on_a_finer_grid_rises_for_small_structures():
+    """A 20x20-pixel block at 1 mm never fills half a 32x32 patch; resampled to 0.5 mm it does."""
+    ref = np.zeros((1, 64, 64), np.uint8)
+    ref[0, 20:40, 20:40] = 1
+    assert rule_dsc(ref, 32) == 0.0
+    fine = plane_grid((64, 64), (1.0, 1.0), 0.5)
+    assert fine.shape == (128, 128) and rule_dsc(ref, 32, "majority", fine) > 0.8
+
+
+def test_slice_labels_centre_reads_the_patch_centre():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[16, 16] = 1  # the centre of the patch at (0, 0); the patch at (0, 12) has its centre at (16, 28)
+    assert slice_labels(mask, 32, 12, "centre").tolist() == [1] and slice_labels(mask, 32, 12).tolist() == [0]

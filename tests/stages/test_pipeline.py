@@ -9,6 +9,7 @@ from patchstore.stages.balance import class_counts
 from patchstore.stages.patches import grid_shape
 from patchstore.stages.pipeline import build_volume, child_seeds
 from patchstore.stages.preprocess import preprocess_float, quantize
+from patchstore.stages.resample import plane_grid, to_grid_image, to_grid_mask
 
 N, STRIDE = 16, 6
 
@@ -127,3 +128,37 @@ def test_augmented_patches_are_crops_of_their_view(volume):
     for p, (z, r, c, a) in zip(out.patches, out.origin):
         view = augment.view_image(pre[z], augment.affine_map(angles[a], shifts[z, a], image.shape[1:]))
         np.testing.assert_array_equal(p, quantize(view[r : r + N, c : c + N], "uint8"))
+
+
+def test_native_pixel_size_is_bit_identical_to_no_resampling(volume):
+    """pixel_mm equal to the slices' spacing keeps the native grid: the same bytes as pixel_mm=None."""
+    image, mask = volume
+    a = build_volume(image, mask, cfg_for(), np.random.SeedSequence(4))
+    b = build_volume(image, mask, cfg_for(pixel_mm=0.7), np.random.SeedSequence(4), spacing_yx=(0.7, 0.7))
+    for x, y in ((a.patches, b.patches), (a.labels, b.labels), (a.origin, b.origin)):
+        assert np.array_equal(x, y)
+
+
+def test_finer_pixels_cut_view0_patches_from_the_resampled_slice(volume):
+    """At half the pixel size view-0 patches are crops of the bilinearly resampled, windowed slice
+    and labels follow the rule on the nearest-neighbour resampled mask."""
+    image, mask = volume
+    cfg = cfg_for(pixel_mm=0.35, angles=(), translations=0, rus=False)
+    out = build_volume(image, mask, cfg, np.random.SeedSequence(4), spacing_yx=(0.7, 0.7))
+    grid = plane_grid(image.shape[1:], (0.7, 0.7), 0.35)
+    assert grid.shape == (140, 128)
+    assert sum(out.counts_before) == image.shape[0] * int(np.prod(grid_shape(grid.shape, N, STRIDE)))
+    big_img = preprocess_float(to_grid_image(grid, image), cfg)
+    big_mask = to_grid_mask(grid, mask)
+    for k in range(0, len(out.labels), 97):
+        z, r, c, _ = out.origin[k]
+        assert np.array_equal(out.patches[k], quantize(big_img[z, r:r + N, c:c + N], "uint8"))
+        assert out.labels[k] == int(big_mask[z, r:r + N, c:c + N].sum() * 2 > N * N)
+
+
+def test_centre_rule_labels_by_the_centre_pixel(volume):
+    image, mask = volume
+    out = build_volume(image, mask, cfg_for(label_rule="centre", angles=(), translations=0, rus=False),
+                       np.random.SeedSequence(4))
+    z, r, c = out.origin[:, 0], out.origin[:, 1] + N // 2, out.origin[:, 2] + N // 2
+    assert np.array_equal(out.labels, mask[z, r, c])
