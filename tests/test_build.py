@@ -237,7 +237,7 @@ def test_pixel_size_and_label_rule_are_recorded(build_dataset, tmp_path):
     with h5py.File(out / "case0.h5") as f:
         working = json.loads(f.attrs["geometry"])["working"]
         assert working["shape_yx"] == [144, 174]  # 72 x 0.7 mm and 76 x 0.8 mm at 0.35 mm
-        assert working["spacing_yx"] == pytest.approx([0.35, 0.35])
+        assert working["spacing_yx"] == pytest.approx([0.35, 76 * 0.8 / 174])  # the field of view is kept
         assert f["origin"][:, 1].max() + 32 <= 144
     bad = CliRunner().invoke(main, ["build", str(build_dataset), "-o", str(tmp_path / "x"), "--pixel-mm", "fine"])
     assert bad.exit_code == 2 and "'fine'; expected a pixel size in mm such as 0.4, or 'native'" in bad.output
