@@ -146,6 +146,45 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
 
 
 @main.command()
+@click.argument("dataset", type=click.Path(exists=True, path_type=Path))
+@click.option("-m", "--model", "checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Checkpoint from `train run`, e.g. runs/NAME/best.pt.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="New shard folder for the mistakes.")
+@click.option("--per-volume", default=5000, show_default=True,
+              help="At most this many patches per volume: half false positives, half false negatives.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the sampling (with each volume's content hash).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: the GPU when there is one.")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-volume lines.")
+def mine(dataset, checkpoint, out, per_volume, seed, device, quiet) -> None:
+    """Hard examples: classify every pixel of the labelled volumes in DATASET (Decathlon folder or
+    image,mask CSV, as `patchstore build` takes) with a trained model and write the patches it gets
+    wrong (false positives and negatives) as shards with the checkpoint's build parameters.
+
+    \b
+    Examples:
+      infer mine data/ -m runs/first/best.pt -o mined/
+      train run shards/ mined/ -o runs/second       # the original shards plus the mistakes
+    """
+    from tqdm import tqdm
+
+    from infer.mine import MineError, mine as run_mine
+    from patchstore.io.discover import DiscoveryError
+    from patchstore.io.volume import VolumeError
+    from train.model import pick_device
+    try:
+        with tqdm(desc="slices", unit="slice", disable=quiet) as bar:
+            manifest = run_mine(dataset, checkpoint, out, per_volume=per_volume, seed=seed, device=pick_device(device),
+                                log=(lambda s: None) if quiet else bar.write, progress=bar.update)
+    except (MineError, DiscoveryError, VolumeError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    t = manifest["totals"]
+    click.echo(f"{out}: {t['shards']} shards, {t['patches']:,} patches (false positives {t['counts'][0]:,}, "
+               f"false negatives {t['counts'][1]:,})")
+
+
+@main.command()
 @click.argument("pred", type=click.Path(exists=True, path_type=Path))
 @click.argument("ref", type=click.Path(exists=True, path_type=Path))
 @click.option("--labels", default=None, metavar="SPEC", help=LABELS_HELP)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from infer.postprocess import postprocess
 from patchstore.config import BuildConfig
 from patchstore.io.volume import Volume, binarize, check_same_grid, read_volume
 from patchstore.stages.preprocess import preprocess, to_unit
-from patchstore.stages.resample import plane_grid, to_grid_image, to_native
+from patchstore.stages.resample import PlaneGrid, plane_grid, to_grid_image, to_native
 from train.checkpoint import load_checkpoint
 from train.model import OPConvNet
 
@@ -111,10 +111,25 @@ def vertebra_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, *, 
     if cfg.pixel_mm is not None and spacing_yx is None:
         raise ValueError(f"the checkpoint was built at {cfg.pixel_mm} mm pixels; pass the slices' spacing_yx")
     grid = plane_grid(hu.shape[1:], spacing_yx or (1.0, 1.0), cfg.pixel_mm)
-    device = device or next(model.parameters()).device
-    dense = DenseOPConvNet(model).to(device) if engine == "dense" else None
     prob = np.empty(hu.shape, np.float32)
     skipped = 0
+    for z0, p, n_skipped in grid_probability(model, cfg, hu, grid, engine=engine, skip_zero=skip_zero, body=body,
+                                             batch_slices=batch_slices, device=device, bf16=bf16):
+        prob[z0:z0 + len(p)] = to_native(grid, p)
+        skipped += n_skipped
+        if progress:
+            progress(len(p))
+    return prob, skipped / max(1, hu.shape[0] * grid.shape[0] * grid.shape[1])
+
+
+def grid_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, grid: PlaneGrid, *, engine: str = "dense",
+                     skip_zero: bool = True, body: bool = False, batch_slices: int = 4,
+                     device: torch.device | None = None,
+                     bf16: bool = False) -> Iterator[tuple[int, np.ndarray, int]]:
+    """Batches of (first slice z0, (B, H2, W2) float32 probability of vertebra on ``grid``'s
+    working pixels, pixels skipped) over the (Z, H, W) HU volume ``hu``."""
+    device = device or next(model.parameters()).device
+    dense = DenseOPConvNet(model).to(device) if engine == "dense" else None
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for z0 in range(0, hu.shape[0], batch_slices):
             hu_grid = to_grid_image(grid, np.asarray(hu[z0:z0 + batch_slices], np.float32))
@@ -125,12 +140,7 @@ def vertebra_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, *, 
                 need = inside if need is None else need & inside
             logits = dense(x, need) if dense is not None else patch_logits(model, x, need=need)
             p = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
-            prob[z0:z0 + len(x)] = to_native(grid, p)
-            if need is not None:
-                skipped += int((~need).sum())
-            if progress:
-                progress(len(x))
-    return prob, skipped / max(1, hu.shape[0] * grid.shape[0] * grid.shape[1])
+            yield z0, p, int((~need).sum()) if need is not None else 0
 
 
 def segment(model: OPConvNet, cfg: BuildConfig, volume: Volume, *, postprocess_on: bool = True,

@@ -84,6 +84,12 @@ def main() -> None:
 @click.option("--translations", default=DEFAULTS.translations, show_default=True,
               help="Randomly shifted copies of each (rotated or original) slice.")
 @click.option("--max-shift", default=DEFAULTS.max_shift, show_default=True, help="Largest random shift, pixels.")
+@click.option("--hu-gain", default=DEFAULTS.hu_gain, show_default=True,
+              help="Intensity augmentation of the augmented views: HU x a gain in [1-G, 1+G] (before windowing).")
+@click.option("--hu-offset", default=DEFAULTS.hu_offset, show_default=True,
+              help="... plus an offset uniform in [-O, O] HU.")
+@click.option("--noise-hu", default=DEFAULTS.noise_hu, show_default=True,
+              help="... plus Gaussian noise of an SD uniform in [0, N] HU (as in low-dose scans).")
 @click.option("--rus/--no-rus", default=DEFAULTS.rus, show_default=True,
               help="Random under-sampling of the majority class; --no-rus keeps every patch (evaluation shards).")
 @click.option("--ratio", default="1:1", show_default=True, help="Kept MINORITY:MAJORITY count ratio per volume.")
@@ -99,8 +105,9 @@ def main() -> None:
 @click.option("--part", default=None, metavar="K/N", help="Build only part K of N of the volumes (by content hash).")
 @click.option("--keep-going", is_flag=True, help="Build the other volumes when one is bad; list the bad ones at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def build(input_path, out, hu_min, hu_max, sigma, patch, stride, angles, translations, max_shift, rus, ratio,
-          seed, dtype, labels, pixel_mm, label_rule, shard_mb, workers, part, keep_going, quiet) -> None:
+def build(input_path, out, hu_min, hu_max, sigma, patch, stride, angles, translations, max_shift, hu_gain, hu_offset,
+          noise_hu, rus, ratio, seed, dtype, labels, pixel_mm, label_rule, shard_mb, workers, part, keep_going,
+          quiet) -> None:
     """Build RUS-balanced, augmented patch shards from INPUT (a Decathlon folder or an image,mask CSV)."""
     from patchstore.build import BuildError, parse_part
     from patchstore.build import build as run_build
@@ -109,7 +116,8 @@ def build(input_path, out, hu_min, hu_max, sigma, patch, stride, angles, transla
         cfg = BuildConfig(hu_min=hu_min, hu_max=hu_max, sigma=sigma, patch=patch, stride=stride,
                           angles=_floats(angles), translations=translations, max_shift=max_shift, rus=rus,
                           ratio=_ratio(ratio), seed=seed, dtype=dtype, labels=_labels(labels), shard_mb=shard_mb,
-                          pixel_mm=_pixel_mm(pixel_mm), label_rule=label_rule)
+                          pixel_mm=_pixel_mm(pixel_mm), label_rule=label_rule, hu_gain=hu_gain,
+                          hu_offset=hu_offset, noise_hu=noise_hu)
         result = run_build(input_path, out, cfg, workers=workers, part=parse_part(part),
                            keep_going=keep_going, quiet=quiet)
     except (BuildError, DiscoveryError, ValueError) as e:

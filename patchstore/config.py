@@ -12,7 +12,7 @@ DTYPES = ("uint8", "float16")
 LABEL_RULES = ("majority", "centre")
 # Fields added after format 1 was first written, with the value every older shard set was built
 # with: a stored build without them reads as exactly what it was (not as today's defaults).
-LEGACY_VALUES = {"pixel_mm": None, "label_rule": "majority"}
+LEGACY_VALUES = {"pixel_mm": None, "label_rule": "majority", "hu_gain": 0.0, "hu_offset": 0.0, "noise_hu": 0.0}
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,11 @@ class BuildConfig:
     Views per slice: the original and one rotation per entry of ``angles`` (degrees), each
     followed by ``translations`` randomly shifted copies (uniform in +-max_shift pixels), so
     ``(1 + len(angles)) * (1 + translations)`` views in all; view 0 is the original slice.
+
+    Intensity augmentation of every view but view 0, before windowing (``stages.augment``):
+    HU * gain + offset + noise, gain uniform in [1 - hu_gain, 1 + hu_gain], offset uniform in
+    [-hu_offset, hu_offset] HU, Gaussian noise of an SD uniform in [0, noise_hu] HU; drawn per
+    (slice, view). All 0: off (the paper).
 
     Pixel size: ``pixel_mm`` resamples every axial slice in-plane to square pixels of that size
     (mm) before windowing (``stages.resample``); None keeps the native pixels (the paper). Label
@@ -48,6 +53,9 @@ class BuildConfig:
     shard_mb: float = 1024.0
     pixel_mm: float | None = None
     label_rule: str = "majority"
+    hu_gain: float = 0.0
+    hu_offset: float = 0.0
+    noise_hu: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
@@ -69,10 +77,18 @@ class BuildConfig:
             (self.pixel_mm is None or 0.05 <= self.pixel_mm <= 10, "pixel_mm", self.pixel_mm,
              "None (native pixels) or a pixel size in mm between 0.05 and 10"),
             (self.label_rule in LABEL_RULES, "label_rule", self.label_rule, f"one of {LABEL_RULES}"),
+            (0 <= self.hu_gain < 1, "hu_gain", self.hu_gain, "a fraction in [0, 1)"),
+            (self.hu_offset >= 0, "hu_offset", self.hu_offset, "an HU range >= 0"),
+            (self.noise_hu >= 0, "noise_hu", self.noise_hu, "a noise SD in HU >= 0"),
         ]
         for ok, field, found, expected in checks:
             if not ok:
                 raise ValueError(f"Build parameter {field!r} is {found!r}; expected {expected}")
+
+    @property
+    def jitters(self) -> bool:
+        """Does the build augment intensities?"""
+        return self.hu_gain > 0 or self.hu_offset > 0 or self.noise_hu > 0
 
     @property
     def n_views(self) -> int:

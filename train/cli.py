@@ -41,7 +41,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder to write (default: runs/<timestamp>).")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -76,8 +76,16 @@ def main() -> None:
 @click.option("--verify", is_flag=True, help="Rehash and read every shard first (patchstore verify).")
 @click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
 @click.pass_context
-def run(ctx: click.Context, shards: Path, out: Path | None, resume: Path | None, **fields) -> None:
-    """Train OP-convNet on the shard folder SHARDS."""
+def run(ctx: click.Context, shards: tuple[Path, ...], out: Path | None, resume: Path | None, **fields) -> None:
+    """Train OP-convNet on the shard folder SHARDS (or several, e.g. a build and `infer mine`'s output,
+    concatenated; they must agree on preprocessing).
+
+    \b
+    Examples:
+      train run shards/ -o runs/first --init kaiming
+      train run shards/ mined/ -o runs/second          # with the hard negatives of `infer mine`
+      train run shards/ --resume runs/first --epochs 40
+    """
     from train.checkpoint import load_checkpoint
     from train.loop import train
     if resume is not None and out is not None and out.resolve() != resume.resolve():
@@ -90,7 +98,7 @@ def run(ctx: click.Context, shards: Path, out: Path | None, resume: Path | None,
         else:
             cfg = TrainConfig(**fields)
         run_dir = resume or out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-        result = train(shards, run_dir, cfg, resume=resume is not None)
+        result = train(list(shards), run_dir, cfg, resume=resume is not None)
     except user_errors() as e:
         raise click.ClickException(str(e)) from None
     if result.get("confusion") and not cfg.quiet:

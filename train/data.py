@@ -13,6 +13,7 @@ Everything is read once, before training: no DataLoader workers, no HDF5 reads i
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -20,6 +21,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from patchstore.config import PREPROCESSING_FIELDS, describe_differences
+from patchstore.store.shard import ShardError
 from patchstore.store.shardset import ShardSet
 from train.model import PATCH
 
@@ -41,18 +44,18 @@ class PatchSet:
     origin: np.ndarray  # (N, 4) int32: slice z, row, col, view
     volume: np.ndarray  # (N,) int64: index into ``volumes``
     volumes: tuple[str, ...]  # volume keys, first appearance order
-    files: tuple[str, ...]  # shard file names, load order
-    build: dict  # the manifest's build parameters
-    manifest_sha256: str
+    files: tuple[str, ...]  # shard files (folder/name), load order
+    build: dict  # the (first) manifest's build parameters
+    manifest_sha256: str  # of the one manifest, or of the manifests' hashes in folder order
     pixel_mm_range: tuple[float, float]  # smallest and largest pixel (mm) the patches were cut at
 
     def __len__(self) -> int:
         return len(self.y)
 
 
-def needed_bytes(shards: ShardSet) -> int:
+def needed_bytes(sets: list[ShardSet]) -> int:
     """Device memory for all patches (stored dtype) and their int64 labels."""
-    return shards.patch_bytes + 8 * len(shards)
+    return sum(s.patch_bytes + 8 * len(s) for s in sets)
 
 
 def available_bytes(device: torch.device) -> int:
@@ -78,41 +81,68 @@ def check_memory(needed: int, device: torch.device) -> None:
                         f"shards (a folder with fewer volumes) or on a device with more memory")
 
 
-def load_shards(folder: str | os.PathLike, device: torch.device, full_verify: bool = False,
+def open_sets(folders: str | os.PathLike | list, full_verify: bool = False) -> list[ShardSet]:
+    """Open one or several shard folders; they must agree on every preprocessing parameter (what a
+    patch looks like and what its label means), so their patches can be trained on together."""
+    folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
+    sets = [ShardSet.open(f, full_verify) for f in folders]
+    first = sets[0]
+    for s in sets:
+        if s.patch_shape != (PATCH, PATCH):
+            raise DataError(f"{s.folder}: patches are {s.patch_shape[0]}x{s.patch_shape[1]}; "
+                            f"OP-convNet takes {PATCH}x{PATCH}")
+        bad = [k for k in PREPROCESSING_FIELDS if s.build.get(k) != first.build.get(k)]
+        if bad:
+            raise ShardError(f"{s.folder}: preprocessed otherwise than {first.folder} ("
+                             + describe_differences(s.build, first.build, "there", f"in {first.folder}", bad)
+                             + "); shard folders trained on together must agree")
+    return sets
+
+
+def load_shards(folders: str | os.PathLike | list, device: torch.device, full_verify: bool = False,
                 log: Callable[[str], None] = print) -> PatchSet:
-    """Check the shard folder, then read every shard once into one tensor on ``device``."""
-    shards = ShardSet.open(folder, full_verify)
-    if shards.patch_shape != (PATCH, PATCH):
-        raise DataError(f"{shards.folder}: patches are {shards.patch_shape[0]}x{shards.patch_shape[1]}; "
-                        f"OP-convNet takes {PATCH}x{PATCH}")
-    needed = needed_bytes(shards)
-    log(f"loading {len(shards):,} patches from {len(shards.files)} shard(s): {needed / 2**20:,.1f} MiB on {device}")
+    """Check the shard folder(s), then read every shard once into one tensor on ``device``.
+
+    Several folders (e.g. a build and the hard negatives ``infer mine`` found) are concatenated in
+    the order given; patches of one volume keep its volume key, so a split by volume keeps them on
+    one side.
+    """
+    sets = open_sets(folders, full_verify)
+    needed = needed_bytes(sets)
+    n_total = sum(len(s) for s in sets)
+    n_files = sum(len(s.files) for s in sets)
+    log(f"loading {n_total:,} patches from {n_files} shard(s): {needed / 2**20:,.1f} MiB on {device}")
     check_memory(needed, device)
-    n_total = len(shards)
-    x = torch.empty((n_total, PATCH, PATCH), dtype=TORCH_DTYPES[shards.build["dtype"]], device=device)
+    x = torch.empty((n_total, PATCH, PATCH), dtype=TORCH_DTYPES[sets[0].build["dtype"]], device=device)
     y = np.empty(n_total, dtype=np.int64)
     origin = np.empty((n_total, 4), dtype=np.int32)
     volume = np.empty(n_total, dtype=np.int64)
     volumes: list[str] = []
     pixels: list[float] = []
     start = 0
-    for i, n in enumerate(shards.sizes):
-        part = slice(start, start + n)
-        if device.type == "cpu":  # read straight into the tensor's memory: no extra copy
-            got = shards.read(i, out=x.numpy()[part])
-        else:
-            got = shards.read(i)
-            x[part].copy_(torch.from_numpy(got.patches))
-        y[part] = got.labels
-        origin[part] = got.origin
-        pixels.extend(got.spacing_yx)
-        if got.volume_key not in volumes:
-            volumes.append(got.volume_key)
-        volume[part] = volumes.index(got.volume_key)
-        start += n
+    for shards in sets:
+        for i, n in enumerate(shards.sizes):
+            part = slice(start, start + n)
+            if device.type == "cpu":  # read straight into the tensor's memory: no extra copy
+                got = shards.read(i, out=x.numpy()[part])
+            else:
+                got = shards.read(i)
+                x[part].copy_(torch.from_numpy(got.patches))
+            y[part] = got.labels
+            origin[part] = got.origin
+            pixels.extend(got.spacing_yx)
+            if got.volume_key not in volumes:
+                volumes.append(got.volume_key)
+            volume[part] = volumes.index(got.volume_key)
+            start += n
+    if len(sets) == 1:
+        files, digest = sets[0].files, sets[0].manifest_sha256
+    else:
+        files = tuple(f"{s.folder.name}/{f}" for s in sets for f in s.files)
+        digest = hashlib.sha256(":".join(s.manifest_sha256 for s in sets).encode()).hexdigest()
     return PatchSet(x=x, y=torch.from_numpy(y).to(device), origin=origin, volume=volume,
-                    volumes=tuple(volumes), files=shards.files, build=shards.build,
-                    manifest_sha256=shards.manifest_sha256, pixel_mm_range=(min(pixels), max(pixels)))
+                    volumes=tuple(volumes), files=files, build=sets[0].build,
+                    manifest_sha256=digest, pixel_mm_range=(min(pixels), max(pixels)))
 
 
 def batch_input(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -181,12 +181,13 @@ def finish_run_dir(run_dir: Path, cfg: TrainConfig, ps: PatchSet, val_idx: torch
     return result
 
 
-def train(shards: str | os.PathLike, run_dir: str | os.PathLike, cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train OP-convNet on a shard folder into ``run_dir``; under torchrun, with DDP on every rank.
+def train(shards: str | os.PathLike | list, run_dir: str | os.PathLike, cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train OP-convNet on one or several shard folders into ``run_dir``; under torchrun, with DDP on every rank.
 
     Returns {"run_dir", "epoch", "best_val_loss", "last": last metrics row, "model": the trained module}.
     """
-    shards, run_dir = Path(shards), Path(run_dir)
+    shards = [Path(shards)] if isinstance(shards, (str, os.PathLike)) else [Path(s) for s in shards]
+    run_dir = Path(run_dir)
     device = pick_device(cfg.device)
     if cfg.amp == "bf16" and device.type != "cuda":
         raise ValueError(f"--amp bf16 is for GPUs only; the device is {device}")

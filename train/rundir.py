@@ -27,11 +27,11 @@ def versions() -> dict:
     return {"torch": str(torch.__version__), "python": platform.python_version(), "patchstore": patchstore.__version__}
 
 
-def start_run_dir(run_dir: Path, shards: Path, cfg: TrainConfig, ps: PatchSet, split: dict, world: int,
+def start_run_dir(run_dir: Path, shards: list[Path], cfg: TrainConfig, ps: PatchSet, split: dict, world: int,
                   device: torch.device) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", {
-        "config": cfg.to_dict(), "shards": str(shards.resolve()), "manifest_sha256": ps.manifest_sha256,
+        "config": cfg.to_dict(), "shards": [str(s.resolve()) for s in shards], "manifest_sha256": ps.manifest_sha256,
         "build": ps.build, "world_size": world, "device": str(device), "versions": versions()})
     write_json_atomic(run_dir / "split.json", split_record(split, ps, cfg.val_fraction, cfg.seed))
     write_json_lines(run_dir / "metrics.jsonl", [])

@@ -276,12 +276,60 @@ def volume_labels(mask, maps, n, stride, rule, out):
                 out[z, v, a, b] = 1 if counts[a, b] * 2 > n * n else 0
 
 
+@njit(cache=True)
+def splitmix64(x):
+    """SplitMix64 finaliser of a uint64 counter: a counter-based generator, so every pixel's draw
+    depends on (key, pixel) only, never on thread scheduling."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True)
+def hash_normal(key, i):
+    """A standard normal draw (float64) for counter ``i`` (int) under ``key`` (uint64): Box-Muller
+    on two SplitMix64 uniforms in (0, 1]."""
+    c = key + np.uint64(2) * np.uint64(i)
+    u1 = (np.float64(splitmix64(c) >> np.uint64(11)) + 1.0) * (1.0 / 9007199254740992.0)
+    u2 = np.float64(splitmix64(c + np.uint64(1)) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+@njit(cache=True)
+def jitter_slice(hu, gain, offset, noise, key, out):
+    """out = hu * gain + offset + noise * N(0, 1), the normal draw of pixel (i, j) under ``key``.
+
+    hu, out: (H, W) float32; gain, offset, noise: float32 (HU); key: uint64.
+    """
+    nw = hu.shape[1]
+    for i in range(hu.shape[0]):
+        for j in range(nw):
+            v = hu[i, j] * gain + offset
+            if noise > 0:
+                v += noise * hash_normal(key, i * nw + j)
+            out[i, j] = v
+
+
+@njit(cache=True)
+def preprocess_slice(hu, hu_min, hu_max, w, win, out):
+    """Window ``hu`` into ``win``, then smooth with taps ``w`` into ``out`` (copy when len(w) == 1)."""
+    window_slice(hu, hu_min, hu_max, win)
+    if w.shape[0] > 1:
+        smooth_slice(win, w, out)
+    else:
+        out[:, :] = win
+
+
 @njit(cache=True, parallel=True)
-def volume_patches(image, hu_min, hu_max, w, maps, slice_pairs, pair_bounds, pair_view, rows, cols, quantize, out):
-    """Pass 2 of the build: window + smooth + resample + crop the kept patches of some slices.
+def volume_patches(image, hu_min, hu_max, w, maps, jitter, keys, slice_pairs, pair_bounds, pair_view, rows, cols,
+                   quantize, out):
+    """Pass 2 of the build: (jitter +) window + smooth + resample + crop the kept patches of some slices.
 
     image: (S, H, W) float32 HU, the slices holding kept patches; hu_min, hu_max: float32;
-    w: (2r+1,) float64 Gaussian taps (length 1 = no smoothing); maps: (S, V, 2, 3) float64.
+    w: (2r+1,) float64 Gaussian taps (length 1 = no smoothing); maps: (S, V, 2, 3) float64;
+    jitter: (S, V, 3) float32 (gain, offset HU, noise SD HU) and keys: (S, V) uint64 of the
+    intensity augmentation of each view (``jitter_slice``; gain 1, offset 0, noise 0 = none).
     The kept patches are grouped by slice, then by view, CSR style:
 
         slice s owns pairs    p in [slice_pairs[s], slice_pairs[s+1])
@@ -289,19 +337,30 @@ def volume_patches(image, hu_min, hu_max, w, maps, slice_pairs, pair_bounds, pai
         patch k               top-left (rows[k], cols[k]) -> out[k]
 
     out: (K, n, n) uint8 (quantize=True: round(x * 255)) or float32 (quantize=False).
-    Slices are split over threads; each holds two (H, W) float32 scratch slices. Views are
-    sampled only at the kept patches' pixels (``gather_resampled``).
+    Slices are split over threads; each holds a few (H, W) float32 scratch slices: the plain
+    preprocessed slice once, and for each jittered view its own. Views are sampled only at the
+    kept patches' pixels (``gather_resampled``).
     """
     nh, nw = image.shape[1], image.shape[2]
     for s in prange(image.shape[0]):
         win = np.empty((nh, nw), np.float32)
-        window_slice(image[s], hu_min, hu_max, win)
-        pre = win
-        if w.shape[0] > 1:
-            pre = np.empty((nh, nw), np.float32)
-            smooth_slice(win, w, pre)
+        plain = np.empty((nh, nw), np.float32)
+        jittered = np.empty((nh, nw), np.float32)
+        own = np.empty((nh, nw), np.float32)
+        plain_done = False
         for p in range(slice_pairs[s], slice_pairs[s + 1]):
-            m = maps[s, pair_view[p]]
+            v = pair_view[p]
+            gain, offset, noise = jitter[s, v, 0], jitter[s, v, 1], jitter[s, v, 2]
+            if gain != 1 or offset != 0 or noise > 0:
+                jitter_slice(image[s], gain, offset, noise, keys[s, v], jittered)
+                preprocess_slice(jittered, hu_min, hu_max, w, win, own)
+                pre = own
+            else:
+                if not plain_done:
+                    preprocess_slice(image[s], hu_min, hu_max, w, win, plain)
+                    plain_done = True
+                pre = plain
+            m = maps[s, v]
             k0, k1 = pair_bounds[p], pair_bounds[p + 1]
             if not is_identity_map(m):
                 gather_resampled(pre, m, rows[k0:k1], cols[k0:k1], quantize, out[k0:k1])

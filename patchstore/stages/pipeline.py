@@ -116,6 +116,7 @@ def gather_kept(
     maps: np.ndarray,
     origin: np.ndarray,
     grid: PlaneGrid,
+    jitter: tuple[np.ndarray, np.ndarray],
     progress: Callable[[int], object] | None = None,
 ) -> np.ndarray:
     """Pass 2: (K, n, n) patches at the (K, 4) origins, which are sorted by (z, view).
@@ -143,6 +144,8 @@ def gather_kept(
             ("image slices", to_grid_image(grid, np.ascontiguousarray(image[slices[c0:c1]])), np.float32, 3),
             ("w", w, np.float64, 1),
             ("maps", np.ascontiguousarray(maps[slices[c0:c1]]), np.float64, 4),
+            ("jitter", np.ascontiguousarray(jitter[0][slices[c0:c1]]), np.float32, 3),
+            ("keys", np.ascontiguousarray(jitter[1][slices[c0:c1]]), np.uint64, 2),
             ("slice_pairs", slice_pairs[c0 : c1 + 1] - p0, np.int64, 1),
             ("pair_bounds", pair_bounds[p0 : p1 + 1] - k0, np.int64, 1),
             ("pair_view", pair_view[p0:p1], np.int64, 1),
@@ -152,9 +155,10 @@ def gather_kept(
         )
         for name, a, dtype, ndim in args:
             kernels.check_array(name, a, dtype, ndim)
-        img, w_, mp, sp, pb, pv, rows, cols, _ = (a for _, a, _, _ in args)
+        img, w_, mp, jit, keys, sp, pb, pv, rows, cols, _ = (a for _, a, _, _ in args)
         hu_min, hu_max = np.float32(cfg.hu_min), np.float32(cfg.hu_max)
-        kernels.volume_patches(img, hu_min, hu_max, w_, mp, sp, pb, pv, rows, cols, out.dtype == np.uint8, block)
+        kernels.volume_patches(img, hu_min, hu_max, w_, mp, jit, keys, sp, pb, pv, rows, cols, out.dtype == np.uint8,
+                               block)
         if out.dtype != np.uint8:
             out[k0:k1] = block.astype(out.dtype)
         if progress is not None:
@@ -176,8 +180,8 @@ def build_volume(
     """(Z, H, W) float32 HU image and uint8 0/1 mask -> the volume's kept patches.
 
     ``spacing_yx`` (sy, sx) mm of the native pixels is needed when ``cfg.pixel_mm`` is set.
-    Randomness: child 0 of ``seed_seq`` draws the shifts, child 1 the RUS sample, so the same
-    inputs and ``seed_seq`` give byte-identical outputs. ``progress(k)`` (e.g. a tqdm bar's
+    Randomness: child 0 of ``seed_seq`` draws the shifts, child 1 the RUS sample, child 2 the
+    intensity jitter, so the same inputs and ``seed_seq`` give byte-identical outputs. ``progress(k)`` (e.g. a tqdm bar's
     ``update``) is called with the number of slices just finished, in each pass: the calls sum
     to 2 * Z.
     """
@@ -185,7 +189,7 @@ def build_volume(
     if cfg.pixel_mm is not None and spacing_yx is None:
         raise ValueError(f"pixel_mm={cfg.pixel_mm} needs the slices' spacing_yx to resample them")
     grid = plane_grid(image.shape[1:], spacing_yx or (1.0, 1.0), cfg.pixel_mm)
-    shift_seed, rus_seed = child_seeds(seed_seq, 2)
+    shift_seed, rus_seed, jitter_seed = child_seeds(seed_seq, 3)
     shifts = augment.draw_shifts(image.shape[0], cfg, np.random.default_rng(shift_seed))
     maps = augment.volume_maps(cfg, shifts, grid.shape)
     labels = candidate_labels(mask, cfg, maps, grid, progress)
@@ -195,7 +199,8 @@ def build_volume(
         keep = np.arange(labels.size, dtype=np.int64)
     shape = patches.grid_shape(grid.shape, cfg.patch, cfg.stride)
     origin = patches.candidate_origins(keep, cfg.n_views, shape, cfg.stride)
-    out = gather_kept(image, cfg, maps, origin, grid, progress)
+    jitter = augment.draw_jitter(image.shape[0], cfg, np.random.default_rng(jitter_seed))
+    out = gather_kept(image, cfg, maps, origin, grid, jitter, progress)
     kept_labels = labels[keep]
     return VolumePatches(
         patches=out,

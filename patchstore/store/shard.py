@@ -39,7 +39,7 @@ REQUIRED_ATTRS = ("format_version", "build", "build_key", "case_id", "volume_key
 # the value (a case named "[a]" stays a string): JSON text for JSON_ATTRS; int64 arrays for
 # INT_LIST_ATTRS (an empty list as the JSON text "[]": HDF5 attributes can't be empty arrays);
 # every other attribute a plain string or number.
-JSON_ATTRS = ("build", "geometry")
+JSON_ATTRS = ("build", "geometry", "mined")
 INT_LIST_ATTRS = ("counts_before", "counts_after", "label_values")
 
 

@@ -176,3 +176,21 @@ def test_resize_bilinear_equals_map_coordinates(rng, shape_out):
     iy = np.floor(resize_coords(30, shape_out[0]) + 0.5 - 1e-12).astype(int)  # a tie goes to the lower pixel
     ix = np.floor(resize_coords(34, shape_out[1]) + 0.5 - 1e-12).astype(int)
     np.testing.assert_array_equal(near, labels[:, iy][:, :, ix])
+
+
+def test_hash_normal_is_a_standard_normal_keyed_by_pixel():
+    """Counter-based draws: N(0, 1) moments, the same for the same (key, pixel), other keys differ."""
+    hu = np.zeros((200, 300), np.float32)
+    a, b, c = (np.empty_like(hu) for _ in range(3))
+    kernels.jitter_slice(hu, np.float32(1), np.float32(0), np.float32(1), np.uint64(7), a)
+    kernels.jitter_slice(hu, np.float32(1), np.float32(0), np.float32(1), np.uint64(7), b)
+    kernels.jitter_slice(hu, np.float32(1), np.float32(0), np.float32(1), np.uint64(8), c)
+    assert np.array_equal(a, b) and np.corrcoef(a.ravel(), c.ravel())[0, 1] < 0.01
+    assert abs(a.mean()) < 0.01 and abs(a.std() - 1) < 0.01 and abs(np.mean(a**4) - 3) < 0.05
+
+
+def test_jitter_slice_is_gain_then_offset():
+    hu = np.array([[-1000, 0, 100, 1000]], np.float32)
+    out = np.empty_like(hu)
+    kernels.jitter_slice(hu, np.float32(1.1), np.float32(-20), np.float32(0), np.uint64(0), out)
+    np.testing.assert_allclose(out, hu * 1.1 - 20, rtol=1e-6)

