@@ -11,6 +11,10 @@ Prints times and ratios measured in this one run (no asserts):
   (d) the whole ``patchstore build`` (discovery, hashing, reading + reorienting, build_volume,
       gzip shard writing, manifest) of the same volume, against (a); after one warm-up build, so
       this is the per-volume cost of a dataset build, not the one-time import and first-call costs.
+  (e) in-plane resampling of the whole CT (``--pixel-mm``) to finer and to coarser pixels: ours
+      (``patchstore.stages.resample``: numba bilinear, antialiased triangle filter when coarser)
+      against torch ``F.interpolate`` (bilinear, align_corners=False, antialias when coarser) and
+      ``scipy.ndimage.zoom`` (order 1, grid_mode), with the largest difference from ours.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from patchstore.config import BuildConfig
 from patchstore.memory import keep_freed_memory
 from patchstore.stages import augment, balance, patches
 from patchstore.stages.pipeline import build_volume, child_seeds
+from patchstore.stages.resample import plane_grid, to_grid_image
 
 
 def read(ct: str, mask: str, labels: range) -> tuple[np.ndarray, np.ndarray]:
@@ -124,6 +129,8 @@ def main() -> None:
     p.add_argument("--mask", required=True)
     p.add_argument("--stride", type=int, default=12)
     p.add_argument("--labels", type=int, nargs=2, default=(25, 50), help="first and last vertebra label")
+    p.add_argument("--resample-mm", type=float, nargs="*", default=[0.35, 1.4],
+                   help="pixel sizes (mm) of the resampling measurement (e)")
     p.add_argument("--default-malloc", action="store_true",
                    help="keep glibc's default malloc (the CLI tunes it: patchstore.memory)")
     args = p.parse_args()
@@ -170,6 +177,8 @@ def main() -> None:
             whole.append(t)
             size = sum(e["bytes"] for e in result.manifest["shards"]) / 1e6
             print(f"(d) patchstore build {name:11s} (read, hash, build, write): {t:8.3f} s, shard {size:.1f} MB")
+    spacing = sitk.ReadImage(args.ct).GetSpacing()[1::-1]
+    resampling = [bench_resample(image, spacing, p) for p in args.resample_mm]
     print("ratios:")
     print(f"  whole build/read, aug off:      {whole[0] / t_read:6.2f}x   (target <= 1.5x)")
     print(f"  whole build/read, default aug:  {whole[1] / t_read:6.2f}x")
@@ -177,6 +186,28 @@ def main() -> None:
     print(f"  build_volume/read, default aug: {rows[1][1] / t_read:6.2f}x")
     print(f"  plain/ours, aug off:            {rows[0][2] / rows[0][1]:6.2f}x")
     print(f"  plain/ours, default aug:        {rows[1][2] / rows[1][1]:6.2f}x   (target >= 5x)")
+    for pixel, t_ours, t_torch, t_scipy in resampling:
+        print(f"  resample to {pixel} mm: torch/ours {t_torch / t_ours:5.2f}x, scipy/ours {t_scipy / t_ours:5.2f}x")
+
+
+def bench_resample(image: np.ndarray, spacing_yx, pixel: float) -> tuple[float, float, float, float]:
+    """(e): seconds of ours, torch and SciPy resampling the whole (Z, H, W) volume to ``pixel`` mm."""
+    import torch
+    import torch.nn.functional as F
+    grid = plane_grid(image.shape[1:], spacing_yx, pixel)
+    to_grid_image(grid, image[:2])  # compile / load the kernels
+    t_ours, ours = timed(to_grid_image, grid, image)
+    coarser = grid.shape[0] < image.shape[1]
+    x = torch.from_numpy(image)[:, None]
+    t_torch, ref = timed(lambda: F.interpolate(x, size=grid.shape, mode="bilinear", align_corners=False,
+                                               antialias=coarser)[:, 0].numpy())
+    zoom = (1, grid.shape[0] / image.shape[1], grid.shape[1] / image.shape[2])
+    t_scipy, sci = timed(lambda: ndimage.zoom(image, zoom, order=1, mode="nearest", grid_mode=True))
+    print(f"(e) resample {image.shape} to {pixel} mm {grid.shape}: ours {t_ours:6.3f} s, torch {t_torch:6.3f} s "
+          f"(max |diff| {np.abs(ref - ours).max():.2g} HU), scipy zoom {t_scipy:6.3f} s "
+          f"(max |diff| {np.abs(sci - ours).max():.2g} HU); peak volume {ours.nbytes / 2**20:.0f} MB if held whole "
+          f"(the build holds {16} slices of it at a time)")
+    return pixel, t_ours, t_torch, t_scipy
 
 
 if __name__ == "__main__":

@@ -42,6 +42,15 @@ ROWS = {
     "centre": dict(data="ct", build=["--label-rule", "centre"], train=["--init", "kaiming"], mine=False, infer=[]),
     "centre-0.4": dict(data="ct", build=["--label-rule", "centre", "--pixel-mm", "0.4"], train=["--init", "kaiming"],
                        mine=False, infer=[]),
+    # coarser pixels: more context per 32x32 patch (45 mm at 1.4 mm), a finer stride keeps the count
+    "maj-1.0": dict(data="ct", build=["--pixel-mm", "1.0", "--stride", "4"], train=["--init", "kaiming"], mine=False,
+                    infer=[]),
+    "centre-1.0": dict(data="ct", build=["--label-rule", "centre", "--pixel-mm", "1.0", "--stride", "4"],
+                       train=["--init", "kaiming"], mine=False, infer=[]),
+    "centre-1.4": dict(data="ct", build=["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"],
+                       train=["--init", "kaiming"], mine=False, infer=[]),
+    "centre-2.0": dict(data="ct", build=["--label-rule", "centre", "--pixel-mm", "2.0", "--stride", "2"],
+                       train=["--init", "kaiming"], mine=False, infer=[]),
 }
 
 

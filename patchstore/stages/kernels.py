@@ -414,6 +414,41 @@ def resize_bilinear(src, ly, wy, lx, wx, out):
 
 
 @njit(cache=True, parallel=True)
+def resize_filtered(src, row_start, row_w, col_start, col_w, out):
+    """Separable resize with explicit taps: src (Z, H, W) float32 -> out (Z, H2, W2) float32.
+
+        tmp[z, i, x] = sum_k row_w[i, k] * src[z, row_start[i] + k, x]        (rows first)
+        out[z, i, j] = sum_k col_w[j, k] * tmp[z, i, col_start[j] + k]
+
+    row_start: (H2,) int64, row_w: (H2, K) float64 (zero-padded taps), likewise for columns;
+    sums in float64, tmp stored as float32 per thread. Slices are split over threads.
+    """
+    nz, h2, w2 = out.shape
+    w_in = src.shape[2]
+    for z in prange(nz):
+        tmp = np.empty((h2, w_in), np.float32)
+        acc = np.empty(w_in, np.float64)
+        for i in range(h2):
+            acc[:] = 0.0
+            for k in range(row_w.shape[1]):
+                wk = row_w[i, k]
+                if wk != 0.0:
+                    r = row_start[i] + k
+                    for x in range(w_in):
+                        acc[x] += wk * src[z, r, x]
+            for x in range(w_in):
+                tmp[i, x] = acc[x]
+        for i in range(h2):
+            for j in range(w2):
+                s = 0.0
+                for k in range(col_w.shape[1]):
+                    wk = col_w[j, k]
+                    if wk != 0.0:
+                        s += wk * tmp[i, col_start[j] + k]
+                out[z, i, j] = np.float32(s)
+
+
+@njit(cache=True, parallel=True)
 def resize_nearest(src, ly, wy, lx, wx, out):
     """Nearest-neighbour resize with the taps of ``resize_bilinear`` (the nearer of the two input
     pixels, the lower one on a tie): a label map stays a label map. src, out: uint8."""

@@ -11,8 +11,11 @@ pixel edges of both grids meet at the borders (edge-aligned, like torch's align_
     native   |  0  |  1  |  2  |  3  |            output pixel i samples native coordinate
     output   | 0| 1| 2| 3| 4| 5| 6| 7|            x = (i + 0.5) * H / H2 - 0.5   (clamped)
 
-Images go bilinearly, masks nearest-neighbour (a label map stays one); ``to_native`` brings a
-probability map back the same way. Numba kernels ``resize_bilinear`` / ``resize_nearest``.
+Images go bilinearly when the grid is finer (numba ``resize_bilinear``) and through a triangle
+filter as wide as the output pixel when it is coarser (antialiased, as PIL and torch's
+``antialias=True`` do: plain bilinear sampling would skip input pixels and alias noise and thin
+bone); masks nearest-neighbour (a label map stays one); ``to_native`` brings a probability map
+back the same way.
 """
 
 from __future__ import annotations
@@ -62,13 +65,42 @@ def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return lower, weight
 
 
+def triangle_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Taps of an antialiased linear resize of one axis, n_out < n_in: output pixel i averages the
+    input pixels within one output pixel (f = n_in / n_out input pixels) of its centre
+    x = (i + 0.5) f - 0.5, weights max(0, 1 - |j - x| / f) normalised over the slice.
+
+    Returns start (n_out,) int64 and weights (n_out, K) float64: input pixels start[i] + k.
+    """
+    f = n_in / n_out
+    x = (np.arange(n_out) + 0.5) * f - 0.5
+    start = np.clip(np.floor(x - f).astype(np.int64) + 1, 0, None)
+    k = int(np.ceil(2 * f)) + 1
+    j = start[:, None] + np.arange(k)[None, :]
+    w = np.where(j < n_in, np.maximum(0.0, 1.0 - np.abs(j - x[:, None]) / f), 0.0)
+    return start, w / w.sum(axis=1, keepdims=True)
+
+
+def _axis_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Taps of one axis for ``resize_filtered``: antialiased when shrinking, bilinear when growing."""
+    if n_out < n_in:
+        return triangle_taps(n_in, n_out)
+    lower, weight = _taps(n_in, n_out)
+    upper = np.where(n_in > 1, 1.0, 0.0) * weight
+    return lower, np.ascontiguousarray(np.column_stack([1.0 - weight, upper]))
+
+
 def _resize(x: np.ndarray, shape: tuple[int, int], dtype, kernel) -> np.ndarray:
     x = np.ascontiguousarray(x)
     kernels.check_array("slices", x, dtype, 3)
     if x.shape[1:] == tuple(shape):
         return x
     out = np.empty((x.shape[0],) + tuple(shape), dtype)
-    if out.size:
+    if not out.size:
+        return out
+    if kernel is kernels.resize_bilinear and (shape[0] < x.shape[1] or shape[1] < x.shape[2]):
+        kernels.resize_filtered(x, *_axis_taps(x.shape[1], shape[0]), *_axis_taps(x.shape[2], shape[1]), out)
+    else:
         kernel(x, *_taps(x.shape[1], shape[0]), *_taps(x.shape[2], shape[1]), out)
     return out
 

@@ -24,7 +24,8 @@ def test_identity_returns_the_slices_unchanged():
 
 
 def test_bilinear_reproduces_a_linear_ramp_away_from_the_border():
-    """Edge-aligned bilinear resampling is exact on linear functions of the pixel position in mm."""
+    """Edge-aligned bilinear resampling is exact on linear functions of the pixel position in mm; the
+    antialiased way back to coarser pixels nearly so (a discrete triangle's centroid is off by < 0.01 mm)."""
     g = plane_grid((40, 50), (1.0, 1.0), 0.4)
     y, x = np.indices((40, 50)) + 0.5  # pixel centres in mm from the top-left edge
     hu = (3 * y - 2 * x)[None].astype(np.float32)
@@ -33,7 +34,7 @@ def test_bilinear_reproduces_a_linear_ramp_away_from_the_border():
     inner = (slice(2, -2), slice(2, -2))
     np.testing.assert_allclose(fine[inner], (3 * yf - 2 * xf)[inner], atol=1e-4)
     back = to_native(g, fine[None])[0]
-    np.testing.assert_allclose(back[inner], hu[0][inner], atol=1e-4)
+    np.testing.assert_allclose(back[inner], hu[0][inner], atol=0.05)
 
 
 def test_mask_stays_a_label_map_and_survives_a_round_trip():
@@ -44,3 +45,17 @@ def test_mask_stays_a_label_map_and_survives_a_round_trip():
     fine = to_grid_mask(g, m)
     assert fine.shape == (3, 63, 51) and set(np.unique(fine)) <= set(np.unique(m))
     np.testing.assert_array_equal(to_native_mask(g, fine), m)
+
+
+def test_coarser_grid_averages_instead_of_skipping_pixels():
+    """To coarser pixels, a fine checkerboard averages out to its mean (no aliasing) and a constant
+    stays constant to the border."""
+    g = plane_grid((64, 64), (0.5, 0.5), 1.25)
+    assert g.shape == (26, 26)
+    board = (np.indices((64, 64)).sum(0) % 2 * 1000).astype(np.float32)[None]
+    down = to_grid_image(g, board)[0]
+    assert np.abs(down[2:-2, 2:-2] - 500).max() < 60  # bilinear sampling would give 0s and 1000s
+    flat = np.full((1, 64, 64), 300, np.float32)
+    np.testing.assert_allclose(to_grid_image(g, flat), 300, rtol=1e-6)
+    mixed = plane_grid((64, 40), (0.5, 1.0), 0.8)  # rows shrink, columns grow
+    assert to_grid_image(mixed, flat[:, :, :40]).shape == (1, 40, 50)
