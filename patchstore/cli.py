@@ -227,8 +227,17 @@ def check(input_path, labels, patch, stride, pixel_mm, label_rule) -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed; case i depends only on (seed, i).")
 @click.option("--size", default=128, show_default=True, help="In-plane size (512 for CSI-sized volumes).")
 @click.option("--slices", default=48, show_default=True, help="Axial slices (550 for CSI-sized volumes).")
-def phantom(out, cases, seed, size, slices) -> None:
+# The choices of patchstore.phantom.contrast (CONTRASTS, FOVS), spelled out so --help needs no numpy.
+@click.option("--contrast", type=click.Choice(["none", "arterial", "venous", "mixed"]), default="none",
+              show_default=True,
+              help="IV contrast phase: none, late arterial, portal venous, or mixed (one of the three per case). "
+                   "Any phase (or --fov body) adds liver, spleen, kidneys, pancreas, bowel and portal system "
+                   "at that phase's HU, with low-dose noise; none with --fov spine is the original spine phantom.")
+@click.option("--fov", type=click.Choice(["spine", "body"]), default="spine", show_default=True,
+              help="Field of view: spine-centred (0.31-0.45 mm pixels at 512) or the whole torso cross-section "
+                   "plus a margin (1.1-1.3 x the body width, 0.6-0.85 mm pixels at 512).")
+def phantom(out, cases, seed, size, slices, contrast, fov) -> None:
     """Write synthetic spine CT phantoms (HU, with vertebra masks) in the Decathlon layout to OUT."""
     from patchstore.phantom.generate import write_dataset
-    paths = write_dataset(out, cases=cases, seed=seed, size=size, slices=slices)
-    click.echo(f"{out}: {len(paths)} phantom case(s), {size}x{size}x{slices}")
+    paths = write_dataset(out, cases=cases, seed=seed, size=size, slices=slices, contrast=contrast, fov=fov)
+    click.echo(f"{out}: {len(paths)} phantom case(s), {size}x{size}x{slices}, contrast {contrast}, field of view {fov}")

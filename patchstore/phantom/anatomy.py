@@ -1,13 +1,16 @@
 """Painting one phantom's anatomy: a (Z, Y, X) uint8 tissue-class map from a ``Layout``.
 
 Soft tissue, organs and vessels first, then discs and canal, ribs, sternum and pelvis, and the
-vertebrae last (labelled classes >= ``VERTEBRA0``), each over what was painted before.
+vertebrae last (labelled classes >= ``VERTEBRA0``), each over what was painted before. A clinical
+layout (``lay.organs`` set) has ``patchstore.phantom.organs`` paint its abdomen, bowel, portal
+system, plaques and costal cartilage in between; the spine phantom paints one ORGAN class.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from patchstore.phantom import organs
 from patchstore.phantom.tissue import (
     AORTA,
     BONE_CANC,
@@ -22,13 +25,15 @@ from patchstore.phantom.tissue import (
     VERTEBRA0,
     Layout,
     Vertebra,
+    aorta_xy,
     capsule,
     ellipse,
     paint,
     paint_bone,
-    segment3,
+    paint_ellipsoid,
     slab,
     spine_xy,
+    tube_segments,
     voxel_box,
 )
 
@@ -38,9 +43,14 @@ def tissue_map(lay: Layout) -> np.ndarray:
     shell = max(1.5, 0.7 * lay.dxy)  # a cortex thinner than a voxel would vanish at coarse sizes
     tissue = np.zeros((len(lay.zs), len(lay.ys), len(lay.xs)), np.uint8)
     _paint_body(tissue, lay)
-    _paint_organs(tissue, lay)
+    if lay.organs is None:
+        _paint_organs(tissue, lay)
+    else:
+        organs.paint_solid_organs(tissue, lay)
     _paint_lungs(tissue, lay)
     _paint_vessels(tissue, lay)
+    if lay.organs is not None:
+        organs.paint_portal_plaques_and_bowel(tissue, lay)
     _paint_discs_and_canal(tissue, lay)
     _paint_ribs_and_sternum(tissue, lay, shell)
     _paint_pelvis(tissue, lay, shell)
@@ -59,26 +69,17 @@ def _paint_body(tissue: np.ndarray, lay: Layout) -> None:
     tissue[:, ellipse(u, v, a - fat, b - fat) < 0] = SOFT
 
 
-def _paint_ellipsoid(tissue, lay, centre, half, value) -> None:
-    """An ellipsoid organ (centre, half-axes in x, y, z mm) painted over soft tissue only."""
-    box = voxel_box(lay, [c - h for c, h in zip(centre[::-1], half[::-1])],
-                    [c + h for c, h in zip(centre[::-1], half[::-1])])
-    if box is not None:
-        sl, z, y, x = box
-        r = sum(((c - m) / h) ** 2 for c, m, h in zip((x, y, z), centre, half))
-        paint(tissue, sl, r < 1, value, over=[SOFT])
-
-
 def _paint_organs(tissue: np.ndarray, lay: Layout) -> None:
     """Liver (patient right, -x) under the diaphragm and two kidneys beside the lumbar spine."""
     cx, cy, a, b, fat = lay.body
     k, lv = lay.k, lay.levels
-    _paint_ellipsoid(tissue, lay, (cx - 0.4 * a, cy - 0.15 * b, lv["lungs"] - 10 * k),
-                     (0.45 * a, 0.6 * b, 90 * k), ORGAN)
+    paint_ellipsoid(tissue, lay, (cx - 0.4 * a, cy - 0.15 * b, lv["lungs"] - 10 * k),
+                    (0.45 * a, 0.6 * b, 90 * k), ORGAN, over=[SOFT])
     zk = 0.5 * (lv["pelvis"] + lv["ribs"])
     sx, sy = spine_xy(lay, np.float32(zk))
     for side in (-1, 1):
-        _paint_ellipsoid(tissue, lay, (sx + side * 62 * k, sy + 12 * k, zk), (26 * k, 20 * k, 50 * k), ORGAN)
+        paint_ellipsoid(tissue, lay, (sx + side * 62 * k, sy + 12 * k, zk), (26 * k, 20 * k, 50 * k), ORGAN,
+                        over=[SOFT])
 
 
 def _paint_lungs(tissue: np.ndarray, lay: Layout) -> None:
@@ -116,9 +117,7 @@ def _paint_vessels(tissue: np.ndarray, lay: Layout) -> None:
     """Aorta (left of the spine, anterior in the abdomen) splitting into iliac arteries; IVC on the right."""
     k, lv = lay.k, lay.levels
     sx, sy = spine_xy(lay, lay.zs)
-    w = np.clip((lay.zs - lv["ribs"] + 20 * k) / (40 * k), 0, 1)  # 0 abdomen .. 1 thorax
-    ax = sx + (10 + 12 * w) * k
-    ay = sy - (28 - 20 * w) * k
+    ax, ay = aorta_xy(lay, lay.zs)
     r = np.float32(lay.k * 11.5)
     drop = np.clip(lv["bifurcation"] - lay.zs, 0, None)
     trunk = np.where(drop > 0, 0, r).astype(np.float32)
@@ -198,7 +197,7 @@ def _paint_vertebrae(tissue: np.ndarray, lay: Layout, shell: float) -> None:
         paint_bone(tissue, sl, sdf, cort, canc, shell)
 
 
-def _rib_path(lay: Layout, v: Vertebra, side: int) -> np.ndarray:
+def rib_path(lay: Layout, v: Vertebra, side: int) -> np.ndarray:
     """(N, 3) polyline (x, y, z mm): head at the body side, tubercle at the transverse process,
     then along the chest wall to the front, sloping down by 1.2-2 segment heights."""
     cx, cy, a, b, fat = lay.body
@@ -223,20 +222,22 @@ def _rib_path(lay: Layout, v: Vertebra, side: int) -> np.ndarray:
 
 def _paint_tube(tissue: np.ndarray, lay: Layout, path: np.ndarray, r: float, shell: float) -> None:
     """A bony tube of radius r along a 3-D polyline, one bounding box per segment."""
-    for p0, p1 in zip(path[:-1], path[1:]):
-        lo, hi = np.minimum(p0, p1) - r, np.maximum(p0, p1) + r
-        box = voxel_box(lay, lo[::-1], hi[::-1])
-        if box is not None:
-            sl, z, y, x = box
-            paint_bone(tissue, sl, segment3(x, y, z, p0, p1, r), BONE_CORT, BONE_CANC, shell)
+    for sl, _, sdf in tube_segments(lay, path, r):
+        paint_bone(tissue, sl, sdf, BONE_CORT, BONE_CANC, shell)
 
 
 def _paint_ribs_and_sternum(tissue: np.ndarray, lay: Layout, shell: float) -> None:
-    """A rib pair for every segment above the rib level; a sternum in front of the upper chest."""
-    for v in lay.vertebrae:
+    """A rib pair for every segment above the rib level; a sternum in front of the upper chest;
+    costal cartilage from the rib ends to the sternum in a clinical layout."""
+    ends = []
+    for j, v in enumerate(lay.vertebrae):
         if 0.5 * (v.z0 + v.z1) >= lay.levels["ribs"] and not v.sacral:
             for side in (-1, 1):
-                _paint_tube(tissue, lay, _rib_path(lay, v, side), 5 * lay.k, shell)
+                path = rib_path(lay, v, side)
+                _paint_tube(tissue, lay, path, 5 * lay.k, shell)
+                ends.append((j, side, path[-1]))
+    if lay.organs is not None:
+        organs.paint_costal_cartilage(tissue, lay, ends)
     cx, cy, a, b, fat = lay.body
     k = lay.k
     ys = cy - (b - fat - 9 * k) - 2 * k

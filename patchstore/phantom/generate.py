@@ -5,16 +5,28 @@ HU that are *not* labelled (ribs whose heads touch the vertebrae, a sternum, ili
 sacrum), intervertebral discs split the spine into separate bones, and contrast-filled vessels
 fall inside the 100..1500 HU bone window.
 
+Two kinds of case. The *spine phantom* (``contrast="none"``, ``fov="spine"``, the default, byte
+for byte what this module made before contrast phases existed): a spine-centred field of view,
+liver and kidneys as one organ class, aorta and IVC at fixed contrast-like HU. A *clinical* case
+(any contrast phase, or ``fov="body"``): the same spine and body, plus liver, spleen, kidneys
+(cortex, medulla), pancreas, portal system, bowel loops (fluid, gas, oral contrast), aortic
+plaques and costal cartilage, their HU drawn for the phase (``patchstore.phantom.contrast``), with
+low-dose noise, and with ``fov="body"`` the whole torso in view. Everything a clinical case adds is
+drawn from a second generator, so its spine, mask (``fov="spine"``) and noise field equal the
+spine phantom's.
+
 Everything is drawn first as a uint8 *tissue* map (one class per HU value, painted in order on
 coordinate grids in mm, one bounding box per object), then turned into HU slab by slab (lookup,
 partial-volume blur, noise), so a 512 x 512 x 550 case needs no full-volume float temporaries.
 This module draws the layout from the generator and renders HU; ``patchstore.phantom.anatomy`` paints the
-tissue map with the classes and primitives of ``patchstore.phantom.tissue``.
+tissue map with the classes and primitives of ``patchstore.phantom.tissue`` (clinical organs:
+``patchstore.phantom.organs``).
 
 Coordinates (mm), matching the canonical array ``[z, y, x]`` of ``patchstore.io.volume``::
 
-    x: patient right -> left, 0 at the centre of the field of view   (axis 2, columns)
-    y: anterior -> posterior, 0 at the centre (posterior is +y)      (axis 1, rows)
+    x: patient right -> left, 0 at the centre of the spine-centred field of view  (axis 2, columns)
+    y: anterior -> posterior, 0 at that centre (posterior is +y)                 (axis 1, rows)
+    (the body field of view is centred, give or take a few mm, on the body instead)
     z: inferior -> superior, 0 at the bottom of the volume           (axis 0, slices)
 
               -y (anterior)
@@ -29,7 +41,7 @@ Coordinates (mm), matching the canonical array ``[z, y, x]`` of ``patchstore.io.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +50,8 @@ from scipy import ndimage
 from patchstore.files import write_json_atomic
 from patchstore.io.volume import Geometry, write_volume
 from patchstore.phantom.anatomy import tissue_map
+from patchstore.phantom.contrast import CONTRASTS, FOVS, Scan, check_choice, draw_scan, phase_lut
+from patchstore.phantom.organs import draw_organs
 from patchstore.phantom.tissue import (
     AIR,
     AORTA,
@@ -63,12 +77,14 @@ SLAB = 32  # slices per rendering slab (fixed: the noise stream must not depend 
 
 @dataclass(frozen=True)
 class Phantom:
-    """``image`` (Z, Y, X) int16 HU, ``mask`` (Z, Y, X) uint8 0/1, ``spacing``/``origin`` (x, y, z) mm."""
+    """``image`` (Z, Y, X) int16 HU, ``mask`` (Z, Y, X) uint8 0/1, ``spacing``/``origin`` (x, y, z) mm,
+    ``phase`` the contrast phase drawn (none, arterial, venous; none for the spine phantom too)."""
 
     image: np.ndarray
     mask: np.ndarray
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
+    phase: str = "none"
 
     @property
     def geometry(self) -> Geometry:
@@ -137,6 +153,20 @@ def _layout(rng: np.random.Generator, size: int, slices: int) -> Layout:
                   _hu_table(rng, len(verts)))
 
 
+def _clinical(lay: Layout, scan: Scan, extra: np.random.Generator) -> Layout:
+    """``lay`` with the phase's HU table, the drawn organs and, for a body field of view, a grid
+    centred on the body (near-centred: ``scan.offset``) that holds the whole torso."""
+    lay = replace(lay, lut=phase_lut(extra, scan.phase, lay.lut), organs=draw_organs(extra, lay, scan.oral))
+    if scan.fov_mm is None:
+        return lay
+    cx, cy = lay.body[:2]
+    size = len(lay.xs)
+    dxy = scan.fov_mm / size
+    grid = (np.arange(size) + 0.5 - size / 2) * dxy
+    return replace(lay, xs=(cx + scan.offset[0] + grid).astype(np.float32),
+                   ys=(cy + scan.offset[1] + grid).astype(np.float32), dxy=dxy)
+
+
 # ---------------------------------------------------------------- HU rendering and public API
 
 
@@ -157,44 +187,70 @@ def _render(tissue: np.ndarray, lut: np.ndarray, sigma: tuple, noise: float,
     return out
 
 
-def make_phantom(rng: np.random.Generator, size: int = 128, slices: int = 48) -> Phantom:
+def _case(rng: np.random.Generator, size: int, slices: int, contrast: str, fov: str,
+          extra: np.random.Generator | None) -> tuple[Layout, float, str]:
+    """Layout, noise SD (HU) and phase of one case: every draw made before rendering."""
+    lay = _layout(rng, size, slices)
+    noise = rng.uniform(10, 20)  # drawn in every case, so that rng's stream stays the spine phantom's
+    if contrast == "none" and fov == "spine":
+        return lay, noise, "none"
+    extra = rng.spawn(1)[0] if extra is None else extra
+    scan = draw_scan(extra, contrast, fov, 2 * lay.body[2])
+    return _clinical(lay, scan, extra), scan.noise, scan.phase
+
+
+def make_phantom(rng: np.random.Generator, size: int = 128, slices: int = 48, contrast: str = "none",
+                 fov: str = "spine", extra: np.random.Generator | None = None) -> Phantom:
     """One synthetic spine CT: (slices, size, size) int16 HU image and uint8 vertebra mask.
 
     About 5 vertebrae at 48 slices (5 * sqrt(slices / 48), at least 4; 17 at 550); in-plane spacing
-    0.6-0.9 mm x 512 / size, slice spacing 2-3.5 mm (x sqrt(48 / slices) above 48 slices).
+    0.31-0.45 mm x (512 / size)^0.6 (``fov="spine"``) or 1.1-1.3 x the body width / size
+    (``fov="body"``, 0.6-0.85 mm at 512), slice spacing 2-3.5 mm (x sqrt(48 / slices) above 48).
+    ``contrast``: none, arterial, venous, or mixed (one of the three per case, drawn from ``extra``).
+    ``extra`` draws everything a clinical case adds (default: spawned from ``rng``, which it does
+    not advance); the spine phantom (none, spine) draws nothing from it.
     """
     if size < 32 or slices < 8:
         raise ValueError(f"Phantom size {size} x {size} x {slices} is too small; expected size >= 32 "
                          f"and slices >= 8")
-    lay = _layout(rng, size, slices)
+    check_choice("Contrast", contrast, CONTRASTS)
+    check_choice("Field of view", fov, FOVS)
+    lay, noise, phase = _case(rng, size, slices, contrast, fov, extra)
     tissue = tissue_map(lay)
     mask = (tissue >= VERTEBRA0).view(np.uint8)
-    image = _render(tissue, lay.lut, (0.4, 0.5, 0.5), rng.uniform(10, 20), rng)
+    image = _render(tissue, lay.lut, (0.4, 0.5, 0.5), noise, rng)
     origin = (float(lay.xs[0] + rng.uniform(-20, 20)), float(lay.ys[0] + rng.uniform(-20, 20)),
               float(rng.uniform(-700, -300)))
-    return Phantom(image, mask, (lay.dxy, lay.dxy, lay.dz), origin)
+    return Phantom(image, mask, (lay.dxy, lay.dxy, lay.dz), origin, phase)
 
 
 def write_dataset(out_dir: str | os.PathLike, cases: int, seed: int, size: int = 128,
-                  slices: int = 48) -> list[Path]:
+                  slices: int = 48, contrast: str = "none", fov: str = "spine") -> list[Path]:
     """Write ``cases`` phantoms in the Decathlon / nnU-Net layout; returns the image paths.
 
     ``imagesTr/phantom_{i:03d}_0000.nii.gz`` (int16 HU), ``labelsTr/phantom_{i:03d}.nii.gz`` (uint8)
-    and ``dataset.json``. Case i uses ``default_rng([seed, i])``: the same whatever ``cases`` is.
+    and ``dataset.json`` (clinical cases: with each case's ``phase``). Case i uses
+    ``default_rng([seed, i])`` and ``default_rng([seed, i, 1])`` (what a clinical case adds): the
+    same whatever ``cases`` is.
     """
     if cases < 1:
         raise ValueError(f"Number of cases {cases} must be at least 1")
+    check_choice("Contrast", contrast, CONTRASTS)
+    check_choice("Field of view", fov, FOVS)
+    clinical = contrast != "none" or fov != "spine"
     out = Path(out_dir)
     images, training = [], []
     for i in range(cases):
-        ph = make_phantom(np.random.default_rng([seed, i]), size, slices)
+        ph = make_phantom(np.random.default_rng([seed, i]), size, slices, contrast, fov,
+                          extra=np.random.default_rng([seed, i, 1]))
         image = write_volume(out / "imagesTr" / f"phantom_{i:03d}_0000.nii.gz", ph.image, ph.geometry)
         label = write_volume(out / "labelsTr" / f"phantom_{i:03d}.nii.gz", ph.mask, ph.geometry)
         images.append(image)
-        training.append({"image": image.relative_to(out).as_posix(),
-                         "label": label.relative_to(out).as_posix()})
+        training.append({"image": image.relative_to(out).as_posix(), "label": label.relative_to(out).as_posix()}
+                        | ({"phase": ph.phase} if clinical else {}))
+    kind = f", contrast {contrast}, field of view {fov}" if clinical else ""
     write_json_atomic(out / "dataset.json", {
-        "name": "phantom", "description": f"Synthetic spine CT phantoms (patchstore phantom, seed {seed})",
+        "name": "phantom", "description": f"Synthetic spine CT phantoms (patchstore phantom, seed {seed}{kind})",
         "tensorImageSize": "3D", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "vertebra"},
         "numTraining": cases, "numTest": 0, "file_ending": ".nii.gz", "training": training, "test": []})
     return images

@@ -8,13 +8,21 @@ on the voxels of its own bounding box (``voxel_box``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from patchstore.phantom.organs import Organs
+
 # Tissue classes (indices into the per-case HU table). Vertebra j: cortical VERTEBRA0 + 2j,
-# cancellous VERTEBRA0 + 2j + 1; the mask is every class >= VERTEBRA0.
+# cancellous VERTEBRA0 + 2j + 1; the mask is every class >= VERTEBRA0. ORGAN is the spine
+# phantom's liver and kidneys; the clinical classes from LIVER on are painted only with a contrast
+# phase or a body field of view (``patchstore.phantom.organs``), VEIN being the IVC there.
 AIR, FAT, SOFT, LUNG, ORGAN, AORTA, VEIN, DISC, CANAL, BONE_CORT, BONE_CANC = range(11)
-VERTEBRA0 = 16
+(LIVER, SPLEEN, KIDNEY_CORTEX, KIDNEY_MEDULLA, PANCREAS, PORTAL_VEIN, BOWEL_WALL, FLUID,
+ ORAL_CONTRAST, GAS, PLAQUE, CARTILAGE, CARTILAGE_CALC) = range(11, 24)
+VERTEBRA0 = 32
 MAX_VERTEBRAE = (256 - VERTEBRA0) // 2
 
 
@@ -46,6 +54,7 @@ class Layout:
     levels: dict  # z of pelvis top, rib start, lung base, aortic bifurcation
     vertebrae: tuple[Vertebra, ...]
     lut: np.ndarray  # (256,) float32 HU per tissue class
+    organs: Organs | None = None  # the clinical anatomy; None: the spine phantom's
 
 
 def spine_xy(lay: Layout, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +63,14 @@ def spine_xy(lay: Layout, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     t = z / np.float32(lay.zs[-1] + lay.dz / 2)
     return ((x0 + ax * np.sin(2 * np.pi * fx * t + px)).astype(np.float32),
             (y0 + ay * np.sin(2 * np.pi * fy * t + py)).astype(np.float32))
+
+
+def aorta_xy(lay: Layout, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (x, y) mm of the aorta at heights ``z`` (float32): left of the spine and anterior in
+    the abdomen, closer to the spine in the thorax."""
+    sx, sy = spine_xy(lay, z)
+    w = np.clip((z - lay.levels["ribs"] + 20 * lay.k) / (40 * lay.k), 0, 1)  # 0 abdomen .. 1 thorax
+    return sx + (10 + 12 * w) * lay.k, sy - (28 - 20 * w) * lay.k
 
 
 # ---------------------------------------------------------------- geometry primitives
@@ -110,3 +127,23 @@ def paint_bone(tissue: np.ndarray, sl: tuple, sdf: np.ndarray, cort: int, canc: 
     region[(sdf < 0) & (region != canc)] = cort
     region[sdf < -shell] = canc
 
+
+def paint_ellipsoid(tissue: np.ndarray, lay: Layout, centre, half, value: int, over=None) -> None:
+    """An ellipsoid (centre, half-axes in x, y, z mm), painted over the classes in ``over``."""
+    box = voxel_box(lay, [c - h for c, h in zip(centre[::-1], half[::-1])],
+                    [c + h for c, h in zip(centre[::-1], half[::-1])])
+    if box is not None:
+        sl, z, y, x = box
+        r = sum(((c - m) / h) ** 2 for c, m, h in zip((x, y, z), centre, half))
+        paint(tissue, sl, r < 1, value, over=over)
+
+
+def tube_segments(lay: Layout, path: np.ndarray, r: float):
+    """For each segment of a 3-D polyline (N, 3) (x, y, z mm) thickened by radius r, the voxels of
+    its bounding box: yields (slices, (z, y, x) broadcastable mm, signed distance mm)."""
+    for p0, p1 in zip(path[:-1], path[1:]):
+        lo, hi = np.minimum(p0, p1) - r, np.maximum(p0, p1) + r
+        box = voxel_box(lay, lo[::-1], hi[::-1])
+        if box is not None:
+            sl, z, y, x = box
+            yield sl, (z, y, x), segment3(x, y, z, p0, p1, r)

@@ -1,16 +1,35 @@
-"""Synthetic spine phantoms: determinism, HU plausibility, the anatomy that makes it hard, layout."""
+"""Synthetic spine phantoms: determinism, HU plausibility, the anatomy that makes it hard, layout,
+contrast phases and the body field of view."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from scipy import ndimage
 
+from patchstore.cli import main
 from patchstore.io.volume import read_volume
-from patchstore.phantom.generate import Phantom, _render, make_phantom, write_dataset
+from patchstore.phantom.anatomy import tissue_map
+from patchstore.phantom.contrast import CONTRASTS, FOVS, HU_RANGES, PHASES
+from patchstore.phantom.generate import Phantom, _case, _render, make_phantom, write_dataset
+from patchstore.phantom.tissue import (
+    AORTA,
+    FLUID,
+    GAS,
+    KIDNEY_CORTEX,
+    KIDNEY_MEDULLA,
+    LIVER,
+    ORAL_CONTRAST,
+    PANCREAS,
+    PORTAL_VEIN,
+    SPLEEN,
+    VEIN,
+)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +173,136 @@ def test_case_independent_of_case_count(tmp_path: Path):
         a = read_volume(tmp_path / "two" / name, dtype=None).array
         b = read_volume(tmp_path / "three" / name, dtype=None).array
         assert np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------- contrast phases, field of view
+
+
+def _clinical(seed: int, contrast: str, fov: str = "body", size: int = 128, slices: int = 24):
+    """(tissue map, HU table, noise SD, phantom) of case (seed, 0) with its second generator."""
+    lay, noise, _ = _case(np.random.default_rng([seed, 0]), size, slices, contrast, fov,
+                          np.random.default_rng([seed, 0, 1]))
+    ph = make_phantom(np.random.default_rng([seed, 0]), size, slices, contrast, fov,
+                      extra=np.random.default_rng([seed, 0, 1]))
+    return tissue_map(lay), lay.lut, noise, ph
+
+
+def _core_median(tissue: np.ndarray, image: np.ndarray, cls: int) -> tuple[float, int]:
+    """Median HU of the voxels of ``cls`` one voxel inside its boundary (no partial volume), count."""
+    core = ndimage.binary_erosion(tissue == cls)
+    n = int(core.sum())
+    return (float(np.median(image[core])) if n else float("nan")), n
+
+
+def test_spine_phantom_pins_pre_contrast_output():
+    """Defaults (none, spine) pin the pre-contrast output: SHA-256s taken before contrast phases existed."""
+    ph = make_phantom(np.random.default_rng([0, 0]), 96, 24, contrast="none", fov="spine")
+    assert hashlib.sha256(ph.image.tobytes()).hexdigest() == \
+        "122a224cd3ca0cedc6bd39529f84ca7a55861f11054cf8d825043410039a8626"
+    assert hashlib.sha256(ph.mask.tobytes()).hexdigest() == \
+        "e35170d18fee80194b336f2b6f6eb2d549700cb118c8ddc6a0e6afafd224fa33"
+
+
+def test_contrast_changes_only_the_background():
+    """A contrast phase in the spine field of view keeps the spine phantom's mask, spacing and origin."""
+    spine = make_phantom(np.random.default_rng([4, 0]), 64, 24)
+    arterial = make_phantom(np.random.default_rng([4, 0]), 64, 24, contrast="arterial",
+                            extra=np.random.default_rng([4, 0, 1]))
+    assert np.array_equal(spine.mask, arterial.mask) and not np.array_equal(spine.image, arterial.image)
+    assert spine.spacing == arterial.spacing and spine.origin == arterial.origin
+    assert arterial.phase == "arterial"
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_phase_hu_in_documented_range(phase):
+    """Every phase class is drawn in its documented range; the image median of each class lies in it."""
+    measured = set()
+    for seed in (0, 1):
+        tissue, lut, noise, ph = _clinical(seed, phase)
+        for cls, ranges in HU_RANGES.items():
+            lo, hi = ranges[PHASES.index(phase)]
+            assert lo <= lut[cls] <= hi, (cls, lut[cls])
+            median, n = _core_median(tissue, ph.image, cls)
+            if n >= 30:
+                slack = 3 * 1.25 * noise / np.sqrt(n)  # three standard errors of a median
+                assert lo - slack <= median <= hi + slack, (cls, median, n)
+                measured.add(cls)
+    assert {LIVER, SPLEEN, KIDNEY_CORTEX, KIDNEY_MEDULLA, PANCREAS, AORTA, PORTAL_VEIN, VEIN, FLUID, GAS} <= measured
+
+
+def test_aorta_and_liver_enhance_in_phase_order():
+    """Aorta: arterial > venous > non-contrast; liver: venous > non-contrast (image medians)."""
+    hu = {p: {c: _core_median(t, ph.image, c)[0] for c in (AORTA, LIVER)}
+          for p in PHASES for t, _, _, ph in [_clinical(2, p)]}
+    assert hu["arterial"][AORTA] > hu["venous"][AORTA] > hu["none"][AORTA]
+    assert hu["venous"][LIVER] > hu["none"][LIVER]
+
+
+def test_clinical_case_is_deterministic():
+    """The same seeds give the same bytes, spacing and phase for a mixed, body-view case."""
+    a, b = (make_phantom(np.random.default_rng([3, 1]), 64, 16, "mixed", "body",
+                         extra=np.random.default_rng([3, 1, 1])) for _ in range(2))
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    assert a.spacing == b.spacing and a.origin == b.origin and a.phase == b.phase
+
+
+def test_mixed_picks_phases_per_case():
+    """mixed draws the phase per case, and a mixed case equals the case made with its phase."""
+    def case(i: int, contrast: str) -> Phantom:
+        return make_phantom(np.random.default_rng([0, i]), 48, 16, contrast, extra=np.random.default_rng([0, i, 1]))
+    mixed = [case(i, "mixed") for i in range(6)]
+    assert len({ph.phase for ph in mixed}) >= 2
+    assert all(np.array_equal(ph.image, case(i, ph.phase).image) for i, ph in enumerate(mixed[:2]))
+
+
+def test_oral_contrast_in_some_cases_only():
+    """Positive oral contrast fills bowel loops in some cases and not in others."""
+    oral = [any(loop.content == ORAL_CONTRAST for loop in _case(
+        np.random.default_rng([s, 0]), 64, 16, "venous", "body", np.random.default_rng([s, 0, 1]))[0].organs.loops)
+        for s in range(12)]
+    assert 0 < sum(oral) < len(oral)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_body_fov_holds_the_torso_with_air_around(seed):
+    """fov body: the whole torso in view, 1.1-1.3 x its width, air on every side; the mask lies on bone."""
+    ph = make_phantom(np.random.default_rng([seed, 0]), 96, 16, "none", "body",
+                      extra=np.random.default_rng([seed, 0, 1]))
+    body = (ph.image > -500).any(axis=0)
+    rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
+    assert rows[0] >= 3 and cols[0] >= 3 and rows[-1] <= 92 and cols[-1] <= 92
+    assert 1.05 <= 96 / (cols[-1] - cols[0] + 1) <= 1.35
+    assert 300 < ph.image[ph.mask == 1].mean() < 1200
+
+
+def test_body_fov_pixel_size_at_512():
+    """At 512 pixels the body field of view gives clinical pixels, 0.55-0.9 mm."""
+    for s in range(8):
+        lay, _, _ = _case(np.random.default_rng([s, 0]), 512, 8, "none", "body", np.random.default_rng([s, 0, 1]))
+        assert 0.55 <= lay.dxy <= 0.9
+
+
+def test_rejects_unknown_contrast_and_fov():
+    """Unknown contrast or field of view values are refused, naming the value and the choices."""
+    with pytest.raises(ValueError, match="Contrast 'portal' is not one of none, arterial, venous, mixed"):
+        make_phantom(np.random.default_rng(0), 48, 16, contrast="portal")
+    with pytest.raises(ValueError, match="Field of view 'chest' is not one of spine, body"):
+        write_dataset("unused", cases=1, seed=0, fov="chest")
+
+
+def test_cli_phantom_contrast_and_fov(tmp_path):
+    """`patchstore phantom --contrast mixed --fov body` writes the cases with their phases."""
+    res = CliRunner().invoke(main, ["phantom", str(tmp_path), "--cases", "2", "--size", "48", "--slices", "16",
+                                    "--contrast", "mixed", "--fov", "body"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "dataset.json").read_text())
+    assert [e["phase"] in PHASES for e in meta["training"]] == [True, True]
+    options = {p.name: p.type.choices for p in main.commands["phantom"].params if p.name in ("contrast", "fov")}
+    assert tuple(options["contrast"]) == CONTRASTS and tuple(options["fov"]) == FOVS
+
+
+def test_cli_phantom_rejects_bad_contrast(tmp_path):
+    """A bad --contrast value is click's usage error (exit 2), and nothing is written."""
+    res = CliRunner().invoke(main, ["phantom", str(tmp_path / "x"), "--contrast", "portal"])
+    assert res.exit_code == 2 and "Invalid value for '--contrast'" in res.output
+    assert not (tmp_path / "x").exists()
