@@ -59,8 +59,12 @@ def main() -> None:
 @click.option("--batch-slices", default=4, show_default=True, help="Axial slices per batch (bounds memory).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--bf16", is_flag=True, help="bf16 autocast (GPU opt-in; logits then agree only approximately).")
-@click.option("--postprocess/--no-postprocess", default=True, show_default=True,
-              help="Opening, hole filling, large 3-D components (the paper's final step).")
+@click.option("--postprocess", "postprocess", type=click.Choice(["paper", "spine", "none"]), default="paper",
+              show_default=True,
+              help="paper: opening, hole filling, large 3-D components (the paper's final step); spine: also keep "
+                   "only what lies along the spine (drops ribs, scapulae, vessels); none: the raw classification.")
+@click.option("--threshold", default=0.5, show_default=True,
+              help="Vertebra where the probability exceeds this (0.5: the network's argmax).")
 @click.option("--probabilities", type=click.Path(path_type=Path), default=None,
               help="Also write the vertebra probability map (file for one CT, folder for several).")
 @click.option("--reference", multiple=True, type=click.Path(exists=True, path_type=Path),
@@ -71,8 +75,8 @@ def main() -> None:
               help="Write PNGs of a few slices with CT, reference and prediction (like the paper's Fig. 14).")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, device, bf16, postprocess, probabilities,
-           reference, labels, tolerance_mm, overlay, as_json, quiet) -> None:
+def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, device, bf16, postprocess, threshold,
+           probabilities, reference, labels, tolerance_mm, overlay, as_json, quiet) -> None:
     """Segment each CT (NIfTI, MHA/MHD, NRRD or a DICOM series folder) into a vertebra mask."""
     from tqdm import tqdm
 
@@ -111,12 +115,13 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
             click.echo(f"warning: {ct}: {warning}", err=True)
         plane = vol.array.shape[1] * vol.array.shape[2]
         with tqdm(total=vol.array.size, desc=_case_name(ct), unit="px", unit_scale=True, disable=quiet) as bar:
-            pred = segment(model, cfg, vol, postprocess_on=postprocess, engine=engine, skip_zero=skip_zero,
+            pred = segment(model, cfg, vol, postprocess_method=postprocess, threshold=threshold, engine=engine,
+                           skip_zero=skip_zero,
                            body=body_mask, batch_slices=batch_slices, device=dev, bf16=bf16,
                            progress=lambda slices: bar.update(slices * plane))
         if not pred.mask.any():
             click.echo(f"warning: {ct}: the predicted mask is empty (no pixel classified vertebra"
-                       + (" after post-processing" if postprocess and pred.raw.any() else "") + ")", err=True)
+                       + (" after post-processing" if pred.raw.any() else "") + ")", err=True)
         write_mask(dst, pred.mask, vol.geometry, vol.source)
         if prob_dst:
             write_oriented(prob_dst, pred.probability, vol.geometry, vol.source)
@@ -129,7 +134,7 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
         if ref is not None:
             sp = vol.geometry.spacing_zyx
             entry["metrics"] = segmentation_metrics(pred.mask, ref, sp, tolerance_mm)
-            if postprocess:
+            if postprocess != "none":
                 entry["metrics_raw"] = segmentation_metrics(pred.raw, ref, sp, tolerance_mm)
             grid = plane_grid(ref.shape[1:], spacing_yx, cfg.pixel_mm)
             entry["label_rule_DSC"] = rule_dsc(ref, cfg.patch, cfg.label_rule, grid)

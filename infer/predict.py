@@ -5,7 +5,7 @@
         -> patchstore.stages.preprocess.preprocess (the build's window, smoothing, quantization)
         -> to_unit -> engine (dense or patches) -> softmax -> probability of vertebra
         -> back to the input's pixels (bilinear)
-    -> probability (Z, Y, X) on the input grid -> > 0.5 -> postprocess
+    -> probability (Z, Y, X) on the input grid -> > threshold (0.5: the argmax) -> postprocess
     -> write in the input's own orientation and geometry.
 """
 
@@ -18,11 +18,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from infer.dense import DenseOPConvNet, patch_nonzero
 from infer.patch_engine import patch_logits
-from infer.postprocess import postprocess
+from infer.postprocess import body_mask, postprocess
 from patchstore.config import BuildConfig
 from patchstore.io.volume import Volume, binarize, check_same_grid, read_volume
 from patchstore.stages.preprocess import preprocess, to_unit
@@ -73,21 +72,6 @@ def pixel_warning(build: BuildConfig, trained_at: tuple[float, float] | None,
     return (f"pixels of {spacing_yx[1]:.3g} x {spacing_yx[0]:.3g} mm, but the model was trained on "
             f"{lo:.3g}-{hi:.3g} mm pixels at native size (no resampling): expect poor masks; train with "
             f"`patchstore build --pixel-mm` so every scan is brought to one pixel size")
-
-
-def body_mask(hu: np.ndarray, threshold: float = -500.0, opening: int = 2) -> np.ndarray:
-    """(Z, Y, X) HU -> (Z, Y, X) bool body, per axial slice: HU > threshold, binary opening (3x3
-    square, ``opening`` iterations: drops thin table rails and noise), largest 2-D connected
-    component, holes filled (lungs and bowel gas stay inside)."""
-    out = np.zeros(hu.shape, bool)
-    square = np.ones((3, 3), bool)
-    for z, sl in enumerate(hu):
-        m = ndimage.binary_opening(sl > threshold, square, iterations=opening) if opening else sl > threshold
-        lab, n = ndimage.label(m)
-        if n:
-            largest = 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
-            out[z] = ndimage.binary_fill_holes(lab == largest)
-    return out
 
 
 def vertebra_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, *, engine: str = "dense",
@@ -143,14 +127,14 @@ def grid_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, grid: P
             yield z0, p, int((~need).sum()) if need is not None else 0
 
 
-def segment(model: OPConvNet, cfg: BuildConfig, volume: Volume, *, postprocess_on: bool = True,
-            **engine_options) -> Prediction:
+def segment(model: OPConvNet, cfg: BuildConfig, volume: Volume, *, postprocess_method: str = "paper",
+            threshold: float = 0.5, **engine_options) -> Prediction:
     """Classify every pixel of every axial slice of ``volume`` and post-process the mask."""
     t0 = time.perf_counter()
     prob, skipped = vertebra_probability(model, cfg, volume.array, spacing_yx=volume.geometry.spacing_zyx[1:],
                                          **engine_options)
-    raw = prob > 0.5  # argmax of two classes; a tie (exactly 0.5) goes to background
-    mask = postprocess(raw, volume.geometry.spacing_zyx) if postprocess_on else raw
+    raw = prob > threshold  # 0.5: the argmax of two classes; a tie goes to background
+    mask = postprocess(raw, volume.geometry.spacing_zyx, method=postprocess_method, hu=volume.array)
     return Prediction(prob, raw, mask, time.perf_counter() - t0, skipped)
 
 

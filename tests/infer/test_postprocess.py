@@ -7,6 +7,9 @@ import pytest
 
 from infer.overlay import choose_slices, slice_dsc, write_overlays
 from infer.postprocess import (
+    body_mask,
+    keep_spine,
+    spine_track,
     disk,
     fill_slice_holes,
     keep_large_components,
@@ -154,3 +157,49 @@ def test_postprocess_crop_matches_whole_array():
     for radius in (0, 1, 2):
         whole = keep_large_components(fill_slice_holes(open_slices(m, radius)), (1.0, 1.0, 1.0))
         np.testing.assert_array_equal(postprocess(m, (1.0, 1.0, 1.0), opening_radius=radius), whole)
+
+
+def _torso(z=30, n=160, mm=1.0):
+    """(hu, spine, others): a body ellipse; vertebrae (12 mm discs 5 slices high, gaps between) at the
+    posterior midline; an aorta tube in front of them and a plate-like 'scapula' at the side."""
+    yy, xx = (np.indices((n, n)) + 0.5) * mm - n * mm / 2
+    hu = np.full((z, n, n), -1000, np.int16)
+    hu[:, (xx / 70) ** 2 + (yy / 50) ** 2 < 1] = 40
+    spine = np.zeros((z, n, n), bool)
+    body_centre = (yy - 25) ** 2 + xx ** 2 < 12 ** 2
+    for z0 in range(0, z, 6):
+        spine[z0:z0 + 5, body_centre] = True
+    aorta = np.zeros_like(spine)
+    aorta[:, (yy - 0) ** 2 + (xx - 15) ** 2 < 9 ** 2] = True
+    scapula = np.zeros_like(spine)
+    scapula[:, (np.abs(xx + 55) < 4) & (np.abs(yy - 20) < 20)] = True
+    return hu, spine, aorta | scapula
+
+
+def test_spine_track_follows_the_column_not_the_bigger_false_positives():
+    hu, spine, others = _torso()
+    track = spine_track(spine | others, body_mask(hu), (2.0, 1.0, 1.0))
+    assert np.all(np.abs(track[:, 0] - (80 + 25 - 0.5)) <= 4) and np.all(np.abs(track[:, 1] - 79.5) <= 4)
+
+
+def test_spine_method_drops_what_is_not_spine_where_the_paper_keeps_it():
+    """A long aorta tube and a plate at the side survive the paper's component rule; the spine
+    filter keeps the vertebrae only."""
+    hu, spine, others = _torso()
+    pred = spine | others
+    paper = postprocess(pred, (2.0, 1.0, 1.0))
+    assert paper[others].mean() > 0.9
+    kept = postprocess(pred, (2.0, 1.0, 1.0), method="spine", hu=hu)
+    assert not kept[others & ~spine].any() and kept[spine].mean() > 0.95
+    with pytest.raises(ValueError, match="the spine filter needs the CT in HU"):
+        postprocess(pred, (2.0, 1.0, 1.0), method="spine")
+
+
+def test_keep_spine_clips_long_arms_attached_to_the_spine():
+    """A rib joined to a vertebra in its slice is cut at clip_mm from the spine."""
+    hu, spine, _ = _torso()
+    rib = np.zeros_like(spine)
+    rib[:, 105, 80:160] = True  # from the vertebral body out to the side, 80 mm long
+    kept = keep_spine(spine | rib, body_mask(hu), (2.0, 1.0, 1.0), touch_mm=15, clip_mm=40)
+    cols = np.flatnonzero(kept[0, 105])
+    assert cols.max() <= 80 + 40 and cols.min() >= 80 - 12

@@ -64,7 +64,7 @@ def test_mask_keeps_the_input_geometry_and_orientation(tmp_path, checkpoint, rng
     """A RAS input gives a RAS mask with identical size, spacing, origin and direction."""
     ct = write_volume(tmp_path / "ct.nii.gz", _ct(rng), _ras_geometry((3, 30, 26)))
     res = CliRunner().invoke(main, ["volume", str(ct), "-m", str(checkpoint), "-o", str(tmp_path / "pred.mha"),
-                                    "--no-postprocess", "--quiet"])
+                                    "--postprocess", "none", "--quiet"])
     assert res.exit_code == 0, res.output
     src, out = sitk.ReadImage(str(ct)), sitk.ReadImage(str(tmp_path / "pred.mha"))
     assert out.GetSize() == src.GetSize() and out.GetDirection() == pytest.approx(src.GetDirection())
@@ -86,7 +86,7 @@ def test_flipped_input_gives_the_flipped_mask(tmp_path, any_checkpoint, rng):
     r = CliRunner()
     for name in ("lps", "ras"):
         res = r.invoke(main, ["volume", str(tmp_path / f"{name}.nii.gz"), "-m", str(any_checkpoint),
-                              "-o", str(tmp_path / f"{name}_pred.nii.gz"), "--no-postprocess", "--quiet"])
+                              "-o", str(tmp_path / f"{name}_pred.nii.gz"), "--postprocess", "none", "--quiet"])
         assert res.exit_code == 0, res.output
     a = read_volume(tmp_path / "lps_pred.nii.gz", dtype=None).array
     b = read_volume(tmp_path / "ras_pred.nii.gz", dtype=None).array
@@ -221,7 +221,7 @@ def test_permuted_input_gives_the_permuted_mask(tmp_path, any_checkpoint, rng):
     write_volume(tmp_path / "b.nii.gz", hu.transpose(0, 2, 1).copy(), swapped)
     for name in ("a", "b"):
         res = CliRunner().invoke(main, ["volume", str(tmp_path / f"{name}.nii.gz"), "-m", str(any_checkpoint),
-                                        "-o", str(tmp_path / f"{name}_pred.nii.gz"), "--no-postprocess", "--quiet"])
+                                        "-o", str(tmp_path / f"{name}_pred.nii.gz"), "--postprocess", "none", "--quiet"])
         assert res.exit_code == 0, res.output
     a = read_volume(tmp_path / "a_pred.nii.gz", dtype=None).array
     b = read_volume(tmp_path / "b_pred.nii.gz", dtype=None).array
