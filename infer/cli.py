@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 import patchstore
+from patchstore.cli_errors import ErrorGroup
 
 LABELS_HELP = "Reference label values that mean vertebra, e.g. 25-50; default: nonzero."
 
@@ -35,7 +36,28 @@ def _outputs(inputs: list[Path], out: Path, suffix: str = ".nii.gz", tag: str = 
     return [out / f"{n}{tag}{suffix}" for n in names]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix (a bad volume, checkpoint or output path): one line, exit 1;
+    --debug shows the traceback. All the libraries' errors derive from ValueError."""
+    return (ValueError, OSError)
+
+
+def check_outputs(paths: list[Path | None], folders: list[Path | None] = ()) -> None:
+    """Refuse outputs that can't be written, before any inference runs: a volume format no writer
+    knows (``-o x.txt``), or a folder that can't take files."""
+    from patchstore.files import ensure_writable
+    from patchstore.io.volume import output_suffix
+    for path in paths:
+        if path is not None:
+            output_suffix(path)
+            ensure_writable(path.parent)
+    for folder in folders:
+        if folder is not None:
+            ensure_writable(folder)
+
+
+@click.group(cls=ErrorGroup, user_errors=user_errors,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(patchstore.__version__, prog_name="infer")
 def main() -> None:
     """Segment vertebrae in CT with a trained OP-convNet: every pixel's 32x32 patch, exactly."""
@@ -83,7 +105,7 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
     from infer.metrics import format_table, segmentation_metrics
     from infer.overlay import write_overlays
     from infer.predict import load_model, pixel_warning, read_reference, segment, training_pixel_mm
-    from patchstore.io.volume import VolumeError, read_volume, write_mask, write_oriented
+    from patchstore.io.volume import read_volume, write_mask, write_oriented
     from patchstore.stages.patches import rule_dsc
     from patchstore.stages.resample import plane_grid
     from train.model import pick_device
@@ -96,19 +118,14 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
     probs = _outputs(cts, probabilities, tag="_prob") if probabilities else [None] * len(cts)
     if probabilities and len(cts) > 1:
         probabilities.mkdir(parents=True, exist_ok=True)
-    try:
-        dev = pick_device(device)
-        model, cfg = load_model(checkpoint, dev)
-        trained_at = training_pixel_mm(checkpoint)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
+    check_outputs(outs + probs, [overlay])
+    dev = pick_device(device)
+    model, cfg = load_model(checkpoint, dev)
+    trained_at = training_pixel_mm(checkpoint)
     report = {}
     for i, (ct, dst, prob_dst) in enumerate(zip(cts, outs, probs)):
-        try:
-            vol = read_volume(ct)
-            ref = read_reference(reference[i], vol, _labels(labels)) if reference else None
-        except VolumeError as e:
-            raise click.ClickException(str(e)) from None
+        vol = read_volume(ct)
+        ref = read_reference(reference[i], vol, _labels(labels)) if reference else None
         spacing_yx = vol.geometry.spacing_zyx[1:]
         warning = pixel_warning(cfg, trained_at, spacing_yx)
         if warning:
@@ -174,16 +191,11 @@ def mine(dataset, checkpoint, out, per_volume, seed, device, quiet) -> None:
     """
     from tqdm import tqdm
 
-    from infer.mine import MineError, mine as run_mine
-    from patchstore.io.discover import DiscoveryError
-    from patchstore.io.volume import VolumeError
+    from infer.mine import mine as run_mine
     from train.model import pick_device
-    try:
-        with tqdm(desc="slices", unit="slice", disable=quiet) as bar:
-            manifest = run_mine(dataset, checkpoint, out, per_volume=per_volume, seed=seed, device=pick_device(device),
-                                log=(lambda s: None) if quiet else bar.write, progress=bar.update)
-    except (MineError, DiscoveryError, VolumeError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    with tqdm(desc="slices", unit="slice", disable=quiet) as bar:
+        manifest = run_mine(dataset, checkpoint, out, per_volume=per_volume, seed=seed, device=pick_device(device),
+                            log=(lambda s: None) if quiet else bar.write, progress=bar.update)
     t = manifest["totals"]
     click.echo(f"{out}: {t['shards']} shards, {t['patches']:,} patches (false positives {t['counts'][0]:,}, "
                f"false negatives {t['counts'][1]:,})")
@@ -200,12 +212,9 @@ def evaluate(pred, ref, labels, pred_labels, tolerance_mm, as_json) -> None:
     """Compare a predicted mask PRED with a reference REF (same grid): DSC, JAC, SEN, PRE, SPE, ACC, BF, HD95, ASSD."""
     from infer.metrics import format_table, segmentation_metrics
     from infer.predict import read_reference
-    from patchstore.io.volume import VolumeError, binarize, read_volume
-    try:
-        p = read_volume(pred, dtype=None)
-        r = read_reference(ref, p, _labels(labels))
-    except VolumeError as e:
-        raise click.ClickException(str(e)) from None
+    from patchstore.io.volume import binarize, read_volume
+    p = read_volume(pred, dtype=None)
+    r = read_reference(ref, p, _labels(labels))
     m = segmentation_metrics(binarize(p.array, _labels(pred_labels)).astype(bool), r, p.geometry.spacing_zyx,
                              tolerance_mm)
     click.echo(json.dumps(m, indent=2, default=float) if as_json else format_table(m, title=f"{pred} vs {ref}"))

@@ -1,14 +1,18 @@
 """patchstore: CT volumes to verifiable 32x32 patch shards for OP-convNet (Qadri et al. 2021).
 
     patchstore/
-      io/        reading and checking CT + masks: volume, geometry, discover, check
+      io/        reading and checking CT + masks: volume, geometry, discover, check, integrity
+                 (what ITK reads silently wrong: cut-off files, NIfTI pixdim 0 and NaN)
       stages/    the build's steps, each a function: preprocess, augment, patches, balance,
                  pipeline (one volume through them all), kernels (numba)
       store/     the shard format: shard (HDF5 writer / reader), manifest, shardset (bulk
                  reading for training), verify, merge, info
       phantom/   synthetic spine CT: generate, anatomy, tissue
-      build.py   dataset -> shard folder (orchestrates io, stages and store)
-      config.py  BuildConfig; files.py atomic writes and hashes; cli.py the console script
+      build.py   dataset -> shard folder (orchestrates io, stages and store); output.py which
+                 files of the folder are its shards; lock.py one writer per folder; workers.py
+                 worker processes that end with the build
+      config.py  BuildConfig; files.py atomic writes, hashes, names confined to their folder;
+                 cli.py the console script; cli_errors.py one-line errors for all three scripts
 
 Public API::
 

@@ -9,9 +9,18 @@ from pathlib import Path
 import click
 
 from patchstore import __version__
+from patchstore.cli_errors import ErrorGroup
 from patchstore.config import LABEL_RULES, BuildConfig
 
 DEFAULTS = BuildConfig()
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix (one line, exit 1): bad inputs and parameters, files that
+    can't be written, another build in the folder. Imported late: `patchstore --help` stays light."""
+    from patchstore.build import BuildError
+    from patchstore.lock import LockError
+    return (ValueError, OSError, BuildError, LockError)
 
 
 def _floats(spec: str) -> tuple[float, ...]:
@@ -59,7 +68,8 @@ labels_option = click.option("--labels", default=None, metavar="SPEC",
                                   "1,2,3; default: every nonzero value.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=ErrorGroup, user_errors=user_errors,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="patchstore")
 def main() -> None:
     """Turn CT volumes and vertebra masks into verifiable OP-convNet patch shards.
@@ -109,19 +119,19 @@ def build(input_path, out, hu_min, hu_max, sigma, patch, stride, angles, transla
           noise_hu, rus, ratio, seed, dtype, labels, pixel_mm, label_rule, shard_mb, workers, part, keep_going,
           quiet) -> None:
     """Build RUS-balanced, augmented patch shards from INPUT (a Decathlon folder or an image,mask CSV)."""
-    from patchstore.build import BuildError, parse_part
     from patchstore.build import build as run_build
-    from patchstore.io.discover import DiscoveryError
-    try:
-        cfg = BuildConfig(hu_min=hu_min, hu_max=hu_max, sigma=sigma, patch=patch, stride=stride,
-                          angles=_floats(angles), translations=translations, max_shift=max_shift, rus=rus,
-                          ratio=_ratio(ratio), seed=seed, dtype=dtype, labels=_labels(labels), shard_mb=shard_mb,
-                          pixel_mm=_pixel_mm(pixel_mm), label_rule=label_rule, hu_gain=hu_gain,
-                          hu_offset=hu_offset, noise_hu=noise_hu)
-        result = run_build(input_path, out, cfg, workers=workers, part=parse_part(part),
-                           keep_going=keep_going, quiet=quiet)
-    except (BuildError, DiscoveryError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    from patchstore.build import parse_part
+    cfg = BuildConfig(hu_min=hu_min, hu_max=hu_max, sigma=sigma, patch=patch, stride=stride,
+                      angles=_floats(angles), translations=translations, max_shift=max_shift, rus=rus,
+                      ratio=_ratio(ratio), seed=seed, dtype=dtype, labels=_labels(labels), shard_mb=shard_mb,
+                      pixel_mm=_pixel_mm(pixel_mm), label_rule=label_rule, hu_gain=hu_gain,
+                      hu_offset=hu_offset, noise_hu=noise_hu)
+    result = run_build(input_path, out, cfg, workers=workers, part=parse_part(part), keep_going=keep_going,
+                       quiet=quiet)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     t = result.manifest["totals"]
     click.echo(f"{out}: {t['shards']} shards, {t['patches']:,} patches (background {t['counts'][0]:,}, "
                f"vertebra {t['counts'][1]:,}); built {len(result.built)}, already complete {len(result.skipped)}")
@@ -139,11 +149,7 @@ def info(folder, as_json) -> None:
     """Show what a shard FOLDER holds: shards, patches per class, build parameters."""
     from patchstore.store.info import format_info
     from patchstore.store.manifest import read_manifest
-    from patchstore.store.shard import ShardError
-    try:
-        manifest = read_manifest(folder)
-    except ShardError as e:
-        raise click.ClickException(str(e)) from None
+    manifest = read_manifest(folder)
     click.echo(json.dumps(manifest, indent=2, sort_keys=True) if as_json else format_info(manifest))
 
 
@@ -152,14 +158,14 @@ def info(folder, as_json) -> None:
 def verify(folder) -> None:
     """Rehash and open every shard of FOLDER, check it against the manifest; exit 1 on any problem."""
     from patchstore.store.manifest import read_manifest
-    from patchstore.store.shard import ShardError
     from patchstore.store.verify import leftover_temps
     from patchstore.store.verify import verify as run_verify
-    try:
-        problems = run_verify(folder)
-        n = len(read_manifest(folder)["shards"])
-    except ShardError as e:
-        raise click.ClickException(str(e)) from None
+    problems = run_verify(folder)
+    manifest = read_manifest(folder)
+    n = len(manifest["shards"])
+    if "part" in manifest:
+        k, parts = manifest["part"]
+        click.echo(f"note: part {k} of {parts} of a build (--part {k}/{parts}); `patchstore merge` joins all {parts}")
     for p in problems:
         click.echo(f"PROBLEM {p}")
     temps = leftover_temps(folder)
@@ -176,13 +182,8 @@ def verify(folder) -> None:
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="New shard folder.")
 def merge(inputs, out) -> None:
     """Merge shard folders built with identical parameters (e.g. --part 1/2 and 2/2) into OUT."""
-    from patchstore.store.merge import MergeError
     from patchstore.store.merge import merge as run_merge
-    from patchstore.store.shard import ShardError
-    try:
-        manifest = run_merge(list(inputs), out)
-    except (MergeError, ShardError) as e:
-        raise click.ClickException(str(e)) from None
+    manifest = run_merge(list(inputs), out)
     t = manifest["totals"]
     click.echo(f"{out}: {t['shards']} shards, {t['patches']:,} patches from {len(inputs)} folders")
 
@@ -202,20 +203,16 @@ def check(input_path, labels, patch, stride, pixel_mm, label_rule) -> None:
     (warning below 0.8, with a pixel size that lifts it).
     """
     from patchstore.io.check import check_dataset
-    from patchstore.io.discover import DiscoveryError
     n_cases, problems, warnings = 0, [], []
-    try:
-        for report in check_dataset(input_path, _labels(labels), patch, stride, _pixel_mm(pixel_mm), label_rule):
-            n_cases += 1
-            click.echo(report.line())
-            for p in report.problems:
-                click.echo(f"  PROBLEM {p}")
-            for w in report.warnings:
-                click.echo(f"  WARNING {w}")
-            problems.extend(report.problems)
-            warnings.extend(report.warnings)
-    except DiscoveryError as e:
-        raise click.ClickException(str(e)) from None
+    for report in check_dataset(input_path, _labels(labels), patch, stride, _pixel_mm(pixel_mm), label_rule):
+        n_cases += 1
+        click.echo(report.line())
+        for p in report.problems:
+            click.echo(f"  PROBLEM {p}")
+        for w in report.warnings:
+            click.echo(f"  WARNING {w}")
+        problems.extend(report.problems)
+        warnings.extend(report.warnings)
     click.echo(f"{n_cases} case(s), {len(problems)} problem(s), {len(warnings)} warning(s)")
     if problems:
         sys.exit(1)

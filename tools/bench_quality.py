@@ -34,23 +34,35 @@ import SimpleITK as sitk
 VERTEBRAE = (26, 50)  # TotalSegmentator: 26 = S1 ... 50 = C1
 BENCH_TRAIN = ["--epochs", "{epochs}", "--lr-step", "{lr_step}", "--device", "cpu", "--quiet"]
 
-# Recipes: build options, training options, training data, hard-negative mining, inference options.
+# Recipes: training data ("ct" or "ct+phantoms"), `patchstore build` and `train run` options,
+# a round of `infer mine`, the post-processing applied to the probability (`infer volume
+# --postprocess`), and "from": reuse that row's model and probabilities (a post-processing variant).
+PAPER_BUILD = ["--pixel-mm", "native", "--label-rule", "majority", "--stride", "12", "--hu-gain", "0",
+               "--hu-offset", "0", "--noise-hu", "0"]
+CHOSEN = ["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"]
+JITTER = ["--hu-gain", "0.1", "--hu-offset", "40", "--noise-hu", "25"]
 ROWS = {
-    "paper": dict(data="ct", build=[], train=["--init", "paper"], mine=False, infer=[]),
-    "kaiming": dict(data="ct", build=[], train=["--init", "kaiming"], mine=False, infer=[]),
-    "maj-0.4": dict(data="ct", build=["--pixel-mm", "0.4"], train=["--init", "kaiming"], mine=False, infer=[]),
-    "centre": dict(data="ct", build=["--label-rule", "centre"], train=["--init", "kaiming"], mine=False, infer=[]),
-    "centre-0.4": dict(data="ct", build=["--label-rule", "centre", "--pixel-mm", "0.4"], train=["--init", "kaiming"],
-                       mine=False, infer=[]),
-    # coarser pixels: more context per 32x32 patch (45 mm at 1.4 mm), a finer stride keeps the count
-    "maj-1.0": dict(data="ct", build=["--pixel-mm", "1.0", "--stride", "4"], train=["--init", "kaiming"], mine=False,
-                    infer=[]),
-    "centre-1.0": dict(data="ct", build=["--label-rule", "centre", "--pixel-mm", "1.0", "--stride", "4"],
-                       train=["--init", "kaiming"], mine=False, infer=[]),
-    "centre-1.4": dict(data="ct", build=["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"],
-                       train=["--init", "kaiming"], mine=False, infer=[]),
-    "centre-2.0": dict(data="ct", build=["--label-rule", "centre", "--pixel-mm", "2.0", "--stride", "2"],
-                       train=["--init", "kaiming"], mine=False, infer=[]),
+    # the pixel-size issue's table: both rules at native pixels and at the chosen size
+    "paper": dict(data="ct", build=PAPER_BUILD, train=["--init", "paper"], mine=False, post="paper"),
+    "kaiming": dict(data="ct", build=PAPER_BUILD, train=["--init", "kaiming"], mine=False, post="paper"),
+    "centre": dict(data="ct", build=PAPER_BUILD + ["--label-rule", "centre"], train=["--init", "kaiming"],
+                   mine=False, post="paper"),
+    "maj-1.4": dict(data="ct", build=PAPER_BUILD + ["--pixel-mm", "1.4", "--stride", "3"], train=["--init", "kaiming"],
+                    mine=False, post="paper"),
+    "centre-1.0": dict(data="ct", build=PAPER_BUILD + ["--label-rule", "centre", "--pixel-mm", "1.0", "--stride", "4"],
+                       train=["--init", "kaiming"], mine=False, post="paper"),
+    "centre-1.4": dict(data="ct", build=PAPER_BUILD + CHOSEN, train=["--init", "kaiming"], mine=False, post="paper"),
+    "centre-2.0": dict(data="ct", build=PAPER_BUILD + ["--label-rule", "centre", "--pixel-mm", "2.0", "--stride", "2"],
+                       train=["--init", "kaiming"], mine=False, post="paper"),
+    # the generalisation issue's table, cumulative from centre-1.4
+    "+jitter": dict(data="ct", build=PAPER_BUILD + CHOSEN + JITTER, train=["--init", "kaiming"], mine=False,
+                    post="paper"),
+    "+phantoms": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER, train=["--init", "kaiming"],
+                      mine=False, post="paper"),
+    "+mining": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER, train=["--init", "kaiming"], mine=True,
+                    post="paper"),
+    "+spine": dict(post="spine", **{"from": "+mining"}),
+    "centre-1.4+spine": dict(post="spine", **{"from": "centre-1.4"}),
 }
 
 
@@ -103,45 +115,77 @@ def prepare_data(args, data: Path) -> dict:
     return {"csv": {k: data / f"{k}.csv" for k in sets}, "tests": tests}
 
 
-def run_row(name: str, recipe: dict, args, data: dict, out: Path) -> dict:
-    """Build, train (and mine, and train again), infer every test case; the row's metrics."""
-    folder, log = out / name, out / name / "log.txt"
-    result_path = folder / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+def train_row(folder: Path, recipe: dict, args, data: dict) -> Path:
+    """Build, train (and mine, and train again) a row's model; its best.pt."""
+    log = folder / "log.txt"
     fill = {"epochs": str(args.epochs), "lr_step": str(args.lr_step)}
     train_args = [a.format(**fill) for a in BENCH_TRAIN] + recipe["train"] + ["--seed", str(args.seed)]
-    t0 = time.perf_counter()
     run(["patchstore", "build", str(data["csv"][recipe["data"]]), "-o", str(folder / "shards"), "--quiet",
          "--workers", "2", "--seed", str(args.seed), *recipe["build"]], log)
     run(["train", "run", str(folder / "shards"), "-o", str(folder / "run"), *train_args], log)
-    model = folder / "run" / "best.pt"
-    if recipe["mine"]:
-        run(["infer", "mine", str(data["csv"][recipe["data"]]), "-m", str(model), "-o", str(folder / "mined"),
-             "--quiet"], log)
-        run(["train", "run", str(folder / "shards"), str(folder / "mined"), "-o", str(folder / "run2"), *train_args],
-            log)
-        model = folder / "run2" / "best.pt"
-    t_train = time.perf_counter() - t0
+    if not recipe["mine"]:
+        return folder / "run" / "best.pt"
+    run(["infer", "mine", str(data["csv"][recipe["data"]]), "-m", str(folder / "run" / "best.pt"),
+         "-o", str(folder / "mined"), "--quiet"], log)
+    run(["train", "run", str(folder / "shards"), str(folder / "mined"), "-o", str(folder / "run2"), *train_args], log)
+    return folder / "run2" / "best.pt"
+
+
+def infer_case(folder: Path, model: Path, image: Path, log: Path) -> dict:
+    """`infer volume` without post-processing, the probability map saved; its JSON report."""
+    case = image.name[: -len("_0000.nii.gz")]
+    ref = image.parents[1] / "labelsTr" / f"{case}.nii.gz"
+    report = folder / f"{case}.json"
+    with open(report, "w") as f, open(log, "a") as err:
+        done = subprocess.run(["infer", "volume", str(image), "-m", str(model), "-o", str(folder / f"{case}_raw.nii.gz"),
+                               "--probabilities", str(folder / f"{case}_prob.nii.gz"), "--postprocess", "none",
+                               "--reference", str(ref), "--json", "--quiet"], stdout=f, stderr=err)
+    if done.returncode:
+        sys.exit(f"infer volume {image} failed; see {log}")
+    return next(iter(json.loads(report.read_text()).values()))
+
+
+def score(folder: Path, image: Path, post: str) -> dict:
+    """Metrics of the saved probability map > 0.5, post-processed with ``post``, as `infer volume` does."""
+    from infer.metrics import segmentation_metrics
+    from infer.postprocess import postprocess
+    from patchstore.io.volume import read_volume
+    case = image.name[: -len("_0000.nii.gz")]
+    prob = read_volume(folder / f"{case}_prob.nii.gz")
+    ref = read_volume(image.parents[1] / "labelsTr" / f"{case}.nii.gz", dtype=None).array.astype(bool)
+    hu = read_volume(image).array if post == "spine" else None
+    mask = postprocess(prob.array > 0.5, prob.geometry.spacing_zyx, method=post, hu=hu)
+    return segmentation_metrics(mask, ref, prob.geometry.spacing_zyx)
+
+
+def run_row(name: str, recipe: dict, args, data: dict, out: Path) -> dict:
+    """A row's metrics per test case (its model trained and its probabilities made first, or reused)."""
+    result_path = out / name / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    source = recipe.get("from", name)
+    folder = out / source
+    t_train = None
+    if source == name:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        t0 = time.perf_counter()
+        model = train_row(folder, recipe, args, data)
+        t_train = time.perf_counter() - t0
+        for image in data["tests"]:
+            infer_case(folder, model, image, folder / "log.txt")
+    elif not (folder / "result.json").exists():
+        sys.exit(f"row {name} reuses row {source}: run that row first (--rows {source},{name})")
     cases = {}
     for image in data["tests"]:
         case = image.name[: -len("_0000.nii.gz")]
-        ref = image.parents[1] / "labelsTr" / f"{case}.nii.gz"
-        report = folder / f"{case}.json"
-        with open(report, "w") as f:
-            done = subprocess.run(["infer", "volume", str(image), "-m", str(model), "-o", str(folder / f"{case}.nii.gz"),
-                                   "--reference", str(ref), "--json", "--quiet", *recipe["infer"]],
-                                  stdout=f, stderr=open(log, "a"))
-        if done.returncode:
-            sys.exit(f"infer volume {image} failed; see {log}")
-        entry = next(iter(json.loads(report.read_text()).values()))
-        m = entry["metrics"]
+        entry = json.loads((folder / f"{case}.json").read_text())
+        entry = next(iter(entry.values()))
+        m = score(folder, image, recipe["post"])
         cases[case] = {"DSC": m["DSC"], "SEN": m["SEN"], "PRE": m["PRE"], "HD95": m["HD95"],
-                       "rule_DSC": entry["label_rule_DSC"], "seconds": entry["seconds"],
-                       "raw_DSC": entry.get("metrics_raw", m)["DSC"]}
-    result = {"row": name, "recipe": recipe, "train_seconds": round(t_train, 1), "cases": cases}
+                       "rule_DSC": entry["label_rule_DSC"], "seconds": entry["seconds"]}
+    result = {"row": name, "recipe": recipe, "train_seconds": t_train, "cases": cases}
+    (out / name).mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2, default=float))
     return result
 
@@ -172,7 +216,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"--rows: unknown {unknown}; expected names from {list(ROWS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    if not any(ROWS[r]["data"] == "ct+phantoms" for r in rows):
+    if not any(ROWS[r].get("data") == "ct+phantoms" for r in rows):
         args.phantoms = 0
     data = prepare_data(args, args.out / "data")
     results = [run_row(r, ROWS[r], args, data, args.out) for r in rows]

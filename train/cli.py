@@ -16,21 +16,23 @@ import click
 from click.core import ParameterSource
 
 import patchstore
+from patchstore.cli_errors import ErrorGroup
 from train.config import AMPS, DEVICES, INITS, RESUMABLE_CHANGES, SPLITS, TrainConfig
 
 D = TrainConfig()
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """Errors that are the user's to fix: one line, no traceback. Imported here, not at the top,
-    so `train --help` answers without loading torch."""
+    """Errors that are the user's to fix: one line, no traceback (--debug shows it). Imported here,
+    not at the top, so `train --help` answers without loading torch."""
     from patchstore.store.shard import ShardError
     from train.checkpoint import CheckpointError
     from train.data import DataError
-    return (DataError, CheckpointError, ShardError, ValueError, FileExistsError)
+    return (DataError, CheckpointError, ShardError, ValueError, OSError)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=ErrorGroup, user_errors=user_errors,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(patchstore.__version__, prog_name="train")
 def main() -> None:
     """Train and evaluate the OP-convNet vertebra patch classifier on patchstore shards.
@@ -90,17 +92,14 @@ def run(ctx: click.Context, shards: tuple[Path, ...], out: Path | None, resume: 
     from train.loop import train
     if resume is not None and out is not None and out.resolve() != resume.resolve():
         raise click.BadParameter(f"-o {out} differs from --resume {resume}; give one of them", param_hint="-o")
-    try:
-        if resume is not None:
-            old = load_checkpoint(resume / "last.pt")["config"]
-            given = {k: v for k, v in fields.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-            cfg = dataclasses.replace(TrainConfig.from_dict(old), **given)
-        else:
-            cfg = TrainConfig(**fields)
-        run_dir = resume or out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-        result = train(list(shards), run_dir, cfg, resume=resume is not None)
-    except user_errors() as e:
-        raise click.ClickException(str(e)) from None
+    if resume is not None:
+        old = load_checkpoint(resume / "last.pt")["config"]
+        given = {k: v for k, v in fields.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        cfg = dataclasses.replace(TrainConfig.from_dict(old), **given)
+    else:
+        cfg = TrainConfig(**fields)
+    run_dir = resume or out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    result = train(list(shards), run_dir, cfg, resume=resume is not None)
     if result.get("confusion") and not cfg.quiet:
         c = result["confusion"]
         click.echo(f"best epoch {c['epoch']}: val loss {c['val_loss']:.4f}, " +
@@ -118,10 +117,7 @@ def evaluate(checkpoint: Path, shards: Path, device: str, batch_size: int, verif
     """Patch metrics of CHECKPOINT on every patch in SHARDS (the paper's Table 2, plus SEN)."""
     from train.loop import evaluate_checkpoint
     log = (lambda s: click.echo(s, err=True)) if as_json else click.echo
-    try:
-        r = evaluate_checkpoint(checkpoint, shards, device, batch_size, verify, log=log)
-    except user_errors() as e:
-        raise click.ClickException(str(e)) from None
+    r = evaluate_checkpoint(checkpoint, shards, device, batch_size, verify, log=log)
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return

@@ -8,13 +8,17 @@
 
     one batch: x[idx] -> float32 (/255 for uint8, as patchstore.stages.preprocess.to_unit) -> (B, 1, 32, 32)
 
-Everything is read once, before training: no DataLoader workers, no HDF5 reads in the loop.
+Everything is read once, before training: no DataLoader workers, no HDF5 reads in the loop. Each
+shard is checked against the manifest before its patches are used (``ShardSet.read``); the
+ShardSet's warnings (unlisted .h5 files, a --part build) go to ``warn``. ``check_classes`` refuses
+a training set of one class: a classifier trained on it scores a vacuous 1.0 on every metric.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -99,8 +103,12 @@ def open_sets(folders: str | os.PathLike | list, full_verify: bool = False) -> l
     return sets
 
 
+def _stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def load_shards(folders: str | os.PathLike | list, device: torch.device, full_verify: bool = False,
-                log: Callable[[str], None] = print) -> PatchSet:
+                log: Callable[[str], None] = print, warn: Callable[[str], None] = _stderr) -> PatchSet:
     """Check the shard folder(s), then read every shard once into one tensor on ``device``.
 
     Several folders (e.g. a build and the hard negatives ``infer mine`` found) are concatenated in
@@ -108,6 +116,9 @@ def load_shards(folders: str | os.PathLike | list, device: torch.device, full_ve
     one side.
     """
     sets = open_sets(folders, full_verify)
+    for s in sets:
+        for message in s.warnings:
+            warn(message)
     needed = needed_bytes(sets)
     n_total = sum(len(s) for s in sets)
     n_files = sum(len(s.files) for s in sets)
@@ -143,6 +154,36 @@ def load_shards(folders: str | os.PathLike | list, device: torch.device, full_ve
     return PatchSet(x=x, y=torch.from_numpy(y).to(device), origin=origin, volume=volume,
                     volumes=tuple(volumes), files=files, build=sets[0].build,
                     manifest_sha256=digest, pixel_mm_range=(min(pixels), max(pixels)))
+
+
+CLASSES = ("background", "vertebra")
+
+
+def class_counts(y: np.ndarray) -> list[int]:
+    return [int(c) for c in np.bincount(y, minlength=2)[:2]]
+
+
+def check_classes(ps: PatchSet, split: dict, folders: list) -> list[str]:
+    """Refuse training on patches of one class (all, or the training side of the split); warnings
+    for a validation side of one class, whose metrics of the other class are vacuous."""
+    y = ps.y.cpu().numpy()
+    where = ", ".join(str(f) for f in folders)
+    counts = class_counts(y)
+    if min(counts) == 0:
+        only = CLASSES[int(counts[1] > 0)]
+        raise DataError(f"{where}: every patch is {only} ({len(y):,} patches; background {counts[0]:,}, vertebra "
+                        f"{counts[1]:,}); expected both classes: a classifier trained on one class learns nothing "
+                        f"and scores 1.0 on every metric (check the masks and the build's labels)")
+    train_counts = class_counts(y[split["train"]])
+    if min(train_counts) == 0:
+        raise DataError(f"{where}: the training side of the {split['by']} split holds only "
+                        f"{CLASSES[int(train_counts[1] > 0)]} patches ({train_counts}); expected both classes: "
+                        f"choose another val_fraction or seed, or split by patch")
+    val_counts = class_counts(y[split["val"]])
+    if min(val_counts) == 0:
+        return [f"{where}: the validation patches are all {CLASSES[int(val_counts[1] > 0)]} ({val_counts}): "
+                f"precision, sensitivity and F-score there are 0/0, reported as 1.0"]
+    return []
 
 
 def batch_input(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

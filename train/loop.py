@@ -26,15 +26,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from patchstore.files import write_json_atomic
+from patchstore.files import ensure_writable, write_json_atomic
 from patchstore.store.shardset import ShardSet
 from train.checkpoint import load_checkpoint, rng_state
 from train.config import TrainConfig
-from train.data import PatchSet, batch_input, load_shards, split_patches
+from train.data import PatchSet, batch_input, check_classes, class_counts, load_shards, split_patches
 from train.metrics import metrics_from_matrix
 from train.model import OPConvNet, init_paper, pick_device
 from train.plots import plot_confusion, plot_curves
-from train.rundir import read_metrics, reopen_run_dir, resume_state, save_epoch, start_run_dir
+from train.rundir import check_new_run_dir, read_metrics, reopen_run_dir, resume_state, save_epoch, start_run_dir
 
 INIT, PERMUTATION, DROPOUT = 1, 2, 3  # independent random streams derived from the seed
 METRICS = ("PRE", "SPE", "ACC", "F-score", "SEN")
@@ -191,13 +191,16 @@ def train(shards: str | os.PathLike | list, run_dir: str | os.PathLike, cfg: Tra
     device = pick_device(cfg.device)
     if cfg.amp == "bf16" and device.type != "cuda":
         raise ValueError(f"--amp bf16 is for GPUs only; the device is {device}")
-    if not resume and (run_dir / "last.pt").exists():  # checked on every rank, so none waits for the others
-        raise FileExistsError(f"{run_dir}: holds a run already (last.pt); resume it with --resume "
-                              f"or choose another output folder")
+    if not resume:  # checked on every rank, so none waits for the others
+        check_new_run_dir(run_dir)
+    ensure_writable(run_dir)  # before the shards load: a read-only folder fails at once
     rank, world, joined = setup_distributed(device)
     main, show = rank == 0, rank == 0 and not cfg.quiet
-    ps = load_shards(shards, device, cfg.verify, log=print if show else lambda s: None)
+    warn = (lambda s: print(f"warning: {s}", file=sys.stderr)) if main else (lambda s: None)
+    ps = load_shards(shards, device, cfg.verify, log=print if show else lambda s: None, warn=warn)
     split = split_patches(ps, cfg.split_by, cfg.val_fraction, cfg.seed)
+    for message in check_classes(ps, split, shards):
+        warn(message)
     if main and split["note"]:
         print(f"note: {split['note']}", file=sys.stderr)
     train_idx, val_idx = (torch.from_numpy(split[k]).to(device) for k in ("train", "val"))
@@ -252,8 +255,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, shards: str | os.PathLike
     if other:
         log(f"note: the shards differ from the training shards only in sampling parameters {other}")
     dev = pick_device(device)
-    ps = load_shards(shards, dev, full_verify, log)
-    model = OPConvNet(ckpt["config"]["dropout"]).to(dev)
+    ps = load_shards(shards, dev, full_verify, log, warn=lambda s: log(f"warning: {s}"))
+    counts = class_counts(ps.y.cpu().numpy())
+    if min(counts) == 0:
+        log(f"warning: {shards}: every patch is {'background' if counts[1] == 0 else 'vertebra'} ({counts}): the "
+            f"metrics of the other class are 0/0, reported as 1.0")
+    model = OPConvNet().to(dev)  # evaluation: dropout is off, so the config is not needed
     model.load_state_dict(ckpt["model"])
     loss, cm = evaluate(model, ps.x, ps.y, torch.arange(len(ps), device=dev), batch_size)
     cm = cm.cpu().numpy()

@@ -6,6 +6,8 @@
     reopen_run_dir   metrics.jsonl cut back to the checkpoint's epoch; the resume noted in config.json
 
 curves.png and confusion.json/png are written at the end of training (``train.loop.finish_run_dir``).
+A new run goes only into a folder that holds none of these files, or the files of a run stopped
+before its first checkpoint: never over files ``train run`` did not write.
 """
 
 from __future__ import annotations
@@ -21,6 +23,26 @@ from patchstore.files import write_json_atomic
 from train.checkpoint import CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint, set_rng_state
 from train.config import RESUMABLE_CHANGES, TrainConfig
 from train.data import PatchSet, split_record
+
+RUN_FILES = ("config.json", "split.json", "metrics.jsonl", "best.pt", "last.pt", "curves.png", "confusion.json",
+             "confusion.png")
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse a folder holding a run (last.pt: resume it) or files of a run's names that no run wrote."""
+    if (run_dir / "last.pt").exists():
+        raise FileExistsError(f"{run_dir}: holds a run already (last.pt); resume it with --resume "
+                              f"or choose another output folder")
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not present:
+        return
+    try:
+        ours = {"config", "versions"} <= json.loads((run_dir / "config.json").read_text()).keys()
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:  # a run stopped before its first checkpoint has our config.json: start it again
+        raise FileExistsError(f"{run_dir}: holds {', '.join(present)} not written by `train run`; refusing to "
+                              f"overwrite them: choose another output folder")
 
 
 def versions() -> dict:

@@ -127,7 +127,11 @@ def check_case(case_id: str, image: Path, mask: Path, labels: tuple[int, ...], p
     spacing_yx = case.geometry.spacing_zyx[1:]
     rule_report(report, case.mask, spacing_yx, plane_grid(case.mask.shape[1:], spacing_yx, pixel_mm),
                 patch, stride, rule)
-    if labels and not set(labels) & set(case.label_values):
+    h, w = report.working_shape
+    if patch > min(h, w):
+        report.problems.append(f"{image}: patch {patch} is larger than the axial slice ({w}x{h} pixels at "
+                               f"{report.working_pixel:.3g} mm); expected a patch of at most {min(h, w)} pixels")
+    elif labels and not set(labels) & set(case.label_values):
         report.problems.append(f"{mask}: none of the selected labels {_ranges(labels)} occurs; "
                                f"label values found: {_ranges(case.label_values)}")
     elif report.vertebra_voxels == 0:

@@ -6,6 +6,9 @@
 
 In the folder layout the ``_0000`` channel suffix is optional; each image needs a label file
 with the same case name, and a DICOM series can stand in a sub-folder of either side.
+
+A case name becomes the name of its shard file, so it must be a plain file name
+(``patchstore.files.confined``): a CSV's ``case`` column of ``../x`` or ``/tmp/x`` is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from patchstore.files import UnsafePathError, name_problem
 from patchstore.io.volume import READ_SUFFIXES, is_dicom_dir
 
 
@@ -26,6 +30,14 @@ class CasePaths:
     case_id: str
     image: Path
     mask: Path
+
+
+def check_case_name(case_id: str, where: str) -> None:
+    """Refuse a case name that is not a plain file name: it names the case's shard file."""
+    problem = name_problem(case_id)
+    if problem:
+        raise UnsafePathError(f"{where} is {case_id!r}, {problem}; expected a plain file name (it names "
+                              f"the case's shard file)")
 
 
 def strip_volume_suffix(name: str) -> str | None:
@@ -63,6 +75,7 @@ def discover_folder(root: Path) -> list[CasePaths]:
         if case_id not in masks:
             missing.append(case_id)
             continue
+        check_case_name(case_id, f"{image}: case name")
         cases.append(CasePaths(case_id, image, masks[case_id]))
     if missing:
         raise DiscoveryError(f"{labels}: no label file for case(s) {', '.join(missing)}; expected "
@@ -73,12 +86,21 @@ def discover_folder(root: Path) -> list[CasePaths]:
 
 
 def discover_csv(path: Path) -> list[CasePaths]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = [c.strip() for c in (reader.fieldnames or [])]
-        if "image" not in fields or "mask" not in fields:
-            raise DiscoveryError(f"{path}: columns {fields}; expected a header with 'image' and 'mask'")
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = [c.strip() for c in (reader.fieldnames or [])]
+            if "image" not in fields or "mask" not in fields:
+                raise DiscoveryError(f"{path}: columns {fields}; expected a header with 'image' and 'mask'")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DiscoveryError(f"{path}: not a readable CSV text file ({e}); expected a header with 'image' "
+                             f"and 'mask'") from e
+    for line, row in enumerate(rows, start=2):
+        if None in row:  # DictReader keeps the surplus fields of a row under the key None
+            raise DiscoveryError(f"{path}, line {line}: {len(fields) + len(row[None])} fields; the header "
+                                 f"has {len(fields)}")
+    rows = [{k.strip(): (v or "").strip() for k, v in row.items()} for row in rows]
     cases, seen = [], set()
     for line, row in enumerate(rows, start=2):
         image, mask = path.parent / row["image"], path.parent / row["mask"]
@@ -87,6 +109,8 @@ def discover_csv(path: Path) -> list[CasePaths]:
                 raise DiscoveryError(f"{path}, line {line}: {field} {row[field]!r} does not exist "
                                      f"(resolved to {p}); expected a path relative to the CSV")
         case_id = row.get("case") or strip_volume_suffix(image.name) or image.name
+        where = f"{path}, line {line}: case" if row.get("case") else f"{path}, line {line}: case name (from image)"
+        check_case_name(case_id, where)
         if case_id in seen:
             raise DiscoveryError(f"{path}, line {line}: case name {case_id!r} appears twice; expected "
                                  f"unique image names (or a 'case' column)")

@@ -24,13 +24,14 @@ from patchstore.io.geometry import (
     canonical_geometry,
     same_grid_problems,
 )
+from patchstore.io.integrity import data_files, header_problem, nonfinite_voxels
 
 READ_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
 
 __all__ = ["CANONICAL", "Case", "Geometry", "Volume", "VolumeError", "binarize", "check_same_grid",
-           "content_sha256", "label_values", "parse_labels", "read_case", "read_header", "read_volume",
-           "same_grid_problems", "write_mask", "write_oriented", "write_volume"]
+           "content_sha256", "label_values", "output_suffix", "parse_labels", "read_case", "read_header",
+           "read_volume", "same_grid_problems", "write_mask", "write_oriented", "write_volume"]
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ def _memory_bytes() -> int:
         return 2**40
 
 
-def check_header(path: Path, dimension: int, components: int, size: tuple, spacing: tuple) -> None:
+def check_header(path: Path, dimension: int, components: int, size: tuple, spacing: tuple,
+                 direction: tuple = ()) -> None:
     """Refuse absurd headers before any pixel is read."""
     if dimension != 3:
         raise VolumeError(f"{path}: image dimension is {dimension}; expected 3 (a 3-D volume)")
@@ -80,6 +82,8 @@ def check_header(path: Path, dimension: int, components: int, size: tuple, spaci
     bad = [s for s in spacing if not (math.isfinite(s) and s > 0)]
     if bad:
         raise VolumeError(f"{path}: spacing {tuple(spacing)}; expected three finite values > 0 mm")
+    if not all(math.isfinite(d) for d in direction):
+        raise VolumeError(f"{path}: direction {tuple(direction)}; expected finite direction cosines")
     if min(size) < 1:
         raise VolumeError(f"{path}: size {tuple(size)}; expected at least one voxel along each axis")
     voxels = math.prod(size)
@@ -113,7 +117,10 @@ def read_header(path: str | os.PathLike) -> Geometry:
     except RuntimeError as e:
         raise VolumeError(f"{path}: unreadable header ({str(e).strip().splitlines()[-1]})") from e
     check_header(path, reader.GetDimension(), reader.GetNumberOfComponents(),
-                 tuple(reader.GetSize()), tuple(reader.GetSpacing()))
+                 tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetDirection()))
+    problem = header_problem(path)  # what ITK reads wrongly: a zero pixdim, a cut-off file, missing data
+    if problem:
+        raise VolumeError(f"{path}: {problem}")
     return Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
                     tuple(reader.GetDirection()))
 
@@ -137,6 +144,11 @@ def read_volume(path: str | os.PathLike, dtype=np.float32) -> Volume:
     """Read a CT (HU) or a label map as ``dtype`` in canonical orientation; refuses NaN/Inf."""
     path = Path(path)
     image = _read_sitk(path)
+    nonfinite = None if path.is_dir() else nonfinite_voxels(path)  # ITK reads NIfTI NaN / Inf as 0
+    if nonfinite:
+        (count, (x, y, z)) = nonfinite
+        raise VolumeError(f"{path}: {count:,} voxels are NaN or Inf in the file's data (first at x={x}, y={y}, "
+                          f"z={z} in the file's own axes); expected finite intensities")
     source = Geometry.of(image)
     array = canonical_array(sitk.GetArrayViewFromImage(image), source, path, dtype)
     del image
@@ -219,7 +231,8 @@ def label_values(labels_zyx: np.ndarray) -> tuple[int, ...]:
 # ---------------------------------------------------------------- writing
 
 
-def _suffix(path: Path) -> str:
+def output_suffix(path: Path) -> str:
+    """The format suffix of an output path; refuses a type no writer here knows (``x.txt``)."""
     name = path.name.lower()
     for s in sorted(WRITE_SUFFIXES, key=len, reverse=True):
         if name.endswith(s):
@@ -230,7 +243,7 @@ def _suffix(path: Path) -> str:
 def write_volume(path: str | os.PathLike, array_zyx: np.ndarray, geometry: Geometry) -> Path:
     """Write a (Z, Y, X) array with ``geometry`` (the array's own, not reoriented), atomically."""
     path = Path(path)
-    suffix = _suffix(path)
+    suffix = output_suffix(path)
     image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array_zyx)))
     with atomic_path(path, suffix) as tmp:  # the suffix tells ITK the format
         sitk.WriteImage(image, str(tmp), True)
@@ -266,11 +279,14 @@ def write_mask(path: str | os.PathLike, mask_zyx: np.ndarray, canonical: Geometr
 
 
 def content_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, or of a DICOM folder's files in sorted name order."""
+    """SHA-256 of every byte a volume depends on: a file's bytes, then those of the data files its
+    header names (.mhd + .raw/.zraw, .nhdr + data), or a DICOM folder's files in sorted name order."""
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path, *data_files(path)]
     h = hashlib.sha256()
     for f in files:
+        if not f.is_file():
+            raise VolumeError(f"{path}: data file {f} named in the header does not exist")
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)

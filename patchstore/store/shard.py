@@ -13,15 +13,18 @@
                                volume_key, geometry (JSON), counts_before/counts_after [n0, n1],
                                part, n_parts, first_index
 
-Files are written under a temporary name and renamed when complete, so a final name always holds a
-complete shard. Nothing time- or machine-dependent is stored: the same inputs give the same bytes.
+A shard is built in memory (HDF5's core driver), then its bytes are written under a temporary name
+and renamed when complete, so a final name always holds a complete shard, and a full disk is a plain
+OSError from Python's write, never an HDF5 library error half-way through a file (which could leave
+a broken file behind, or crash). Nothing time- or machine-dependent is stored: the same inputs give
+the same bytes.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from contextlib import ExitStack
 from pathlib import Path
 
 import h5py
@@ -41,6 +44,7 @@ REQUIRED_ATTRS = ("format_version", "build", "build_key", "case_id", "volume_key
 # every other attribute a plain string or number.
 JSON_ATTRS = ("build", "geometry", "mined")
 INT_LIST_ATTRS = ("counts_before", "counts_after", "label_values")
+_IN_MEMORY = itertools.count()  # distinct names for HDF5's in-memory files
 
 
 class ShardError(ValueError):
@@ -84,20 +88,22 @@ class ShardWriter:
         with ShardWriter(path, attrs) as w:
             w.write(patches, labels, origin)
 
-    The file appears under ``path`` only when the block exits without error; on error the
-    temporary file is removed and earlier shards are untouched.
+    The file is assembled in memory; its bytes appear under ``path`` only when the block exits
+    without error (temporary file, fsync, rename). On error, a full disk included, no file and no
+    temporary file is left and earlier shards are untouched.
     """
 
     def __init__(self, path: str | os.PathLike, attrs: dict, compression: int = 4) -> None:
         self.path = Path(path)
         self.attrs = attrs
         self.compression = compression
-        self._stack = ExitStack()
         self._file: h5py.File | None = None
 
     def __enter__(self) -> "ShardWriter":
-        tmp = self._stack.enter_context(atomic_path(self.path))
-        self._file = h5py.File(tmp, "w", libver="earliest", track_order=False)
+        # The core driver keeps the whole file in memory: its image is byte-identical to the file
+        # HDF5 would write on disk, and HDF5 itself never meets a disk error.
+        self._file = h5py.File(f"{self.path.name}.{os.getpid()}.{next(_IN_MEMORY)}", "w", driver="core",
+                               backing_store=False, libver="earliest", track_order=False)
         return self
 
     def write(self, patches: np.ndarray, labels: np.ndarray, origin: np.ndarray) -> None:
@@ -122,9 +128,15 @@ class ShardWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
+            image = None
+            if exc_type is None:
+                self._file.flush()  # else the image lacks metadata still in HDF5's cache
+                image = self._file.id.get_file_image()
+        finally:
             self._file.close()
-        finally:  # renames the complete file into place, or removes it after an error
-            self._stack.__exit__(exc_type, exc, tb)
+        if image is not None:
+            with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:
+                fh.write(image)
 
 
 class ShardReader:
@@ -162,28 +174,45 @@ class ShardReader:
             return {k: _attr_read(k, v) for k, v in self._file.attrs.items()}
         except json.JSONDecodeError as e:
             raise ShardError(f"{self.path}: a JSON attribute is not valid JSON ({e})") from e
+        except OSError as e:
+            raise ShardError(f"{self.path}: attributes unreadable ({e}); the file is damaged") from e
 
-    def schema_problems(self) -> list[str]:
-        """Everything that makes this file not a valid shard (empty list: valid)."""
+    def read(self, name: str, out: np.ndarray | None = None, rows: slice = slice(None)) -> np.ndarray:
+        """Dataset ``name`` (rows ``rows``) as an array, or into ``out``; a damaged chunk (HDF5 or
+        fletcher32 checksum error) is a ShardError naming this file and the dataset."""
+        try:
+            if out is None:
+                return self._file[name][rows]
+            if len(out):
+                self._file[name].read_direct(out, source_sel=rows)
+            return out
+        except (OSError, KeyError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ShardError(f"{self.path}: dataset {name!r} unreadable ({reason}); the file is damaged: "
+                             f"rebuild it or restore it from a copy") from e
+
+    def schema_problems(self, build: dict | None = None) -> list[str]:
+        """Everything that makes this file not a valid shard (empty list: valid); with ``build``, also
+        patches of another dtype or size than those parameters say."""
         f, problems = self._file, []
         for name in DATASETS:
-            if name not in f:
+            if not isinstance(f.get(name), h5py.Dataset):
                 problems.append(f"{self.path}: dataset {name!r} is missing")
         missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
         if missing:
             problems.append(f"{self.path}: attributes {missing} are missing")
         if problems:
             return problems
-        p, lab, org = f["patches"], f["labels"], f["origin"]
-        n = p.shape[0]
-        expect = [("patches", p, 3, ("uint8", "float16")), ("labels", lab, 1, ("uint8",)),
-                  ("origin", org, 2, ("int32",))]
-        for name, d, ndim, dtypes in expect:
-            if d.ndim != ndim or d.shape[0] != n or str(d.dtype) not in dtypes:
-                problems.append(f"{self.path}: {name} has shape {d.shape} dtype {d.dtype}; expected "
-                                f"{ndim}-D with {n} rows and dtype in {dtypes}")
-        if p.ndim == 3 and p.shape[1:] != (p.shape[1], p.shape[1]):
-            problems.append(f"{self.path}: patches are {p.shape[1:]}; expected square patches")
+        p = f["patches"]
+        n = p.shape[0] if p.ndim else 0
+        size = (build.get("patch"),) * 2 if build else (p.shape[1],) * 2 if p.ndim == 3 else ("n", "n")
+        dtypes = (build.get("dtype"),) if build else ("uint8", "float16")
+        expect = [("patches", (n, *size), dtypes), ("labels", (n,), ("uint8",)), ("origin", (n, 4), ("int32",))]
+        for name, shape, dtypes in expect:
+            d = f[name]
+            if d.shape != shape or str(d.dtype) not in dtypes:
+                problems.append(f"{self.path}: {name} has shape {d.shape} dtype {d.dtype}; expected shape "
+                                f"{shape} dtype {' or '.join(dtypes)}")
         if f.attrs["format_version"] != FORMAT_VERSION:
             problems.append(f"{self.path}: format_version {f.attrs['format_version']}; expected {FORMAT_VERSION}")
         return problems

@@ -1,10 +1,20 @@
 """A shard folder opened for reading: the manifest checked, then each shard read in bulk.
 
-    ShardSet.open(folder)        manifest.json: format, fields; every listed shard present with
-                                 its size (full_verify: `patchstore verify`, every byte rehashed)
-    shards.read(i, out=buf)      shard i: patches straight into the caller's (n, 32, 32) buffer
-                                 (a CPU tensor's memory, no copy), labels, origin, volume key;
-                                 its build parameters must equal the manifest's
+    ShardSet.open(folder)        manifest.json: format, every field, plain file names, no file
+                                 listed twice; every listed shard present with its size
+                                 (full_verify: `patchstore verify`, every byte rehashed);
+                                 ``warnings``: .h5 files it does not list, a --part build
+    shards.read(i, out=buf)      shard i, checked before any patch is used: schema, dtype and
+                                 shape against the build parameters, identity attributes
+                                 (case_id, volume_key, part, n_parts), counts and label values
+                                 against its entry; then patches straight into the caller's
+                                 (n, 32, 32) buffer (a CPU tensor's memory, no copy), labels,
+                                 origin, volume key. A damaged chunk is an error naming the file.
+
+A manifest that lists a file twice is refused, not deduplicated: the folder was edited by hand or
+merged wrongly, and training on it as it is would weigh those patches twice. Extra .h5 files are
+only warned about: the manifest is the table of contents, and a stray copy beside it is not
+trained on.
 
 Callers (``train.data``) see arrays and typed records, never a manifest key or an h5py object.
 """
@@ -19,7 +29,7 @@ import numpy as np
 
 from patchstore.config import PREPROCESSING_FIELDS, describe_differences, differing_fields
 from patchstore.files import file_sha256
-from patchstore.store.manifest import MANIFEST, read_manifest
+from patchstore.store.manifest import MANIFEST, entry_problems, manifest_problems, read_manifest, unlisted_shards
 from patchstore.store.shard import ShardError, ShardReader
 from patchstore.store.verify import verify
 
@@ -42,12 +52,17 @@ class ShardSet:
     folder: Path
     manifest: dict
     manifest_sha256: str
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def open(cls, folder: str | os.PathLike, full_verify: bool = False) -> "ShardSet":
         """Check the folder's manifest and that every listed shard is present with its size."""
         folder = Path(folder)
         manifest = read_manifest(folder)
+        problems = manifest_problems(manifest)
+        if problems:
+            raise ShardError(f"{folder}: {problems[0]}" + (f" (and {len(problems) - 1} more problem(s))"
+                                                            if len(problems) > 1 else ""))
         if full_verify:
             problems = verify(folder)
             if problems:
@@ -63,7 +78,16 @@ class ShardSet:
                                  f"(truncated or altered: run `patchstore verify {folder}`)")
         if not manifest["shards"]:
             raise ShardError(f"{folder / MANIFEST}: lists no shards")
-        return cls(folder, manifest, file_sha256(folder / MANIFEST))
+        warnings = []
+        extra = unlisted_shards(folder, manifest)
+        if extra:
+            warnings.append(f"{folder}: {len(extra)} .h5 file(s) not listed in {MANIFEST} are not used: "
+                            f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+        if "part" in manifest:
+            k, n = manifest["part"]
+            warnings.append(f"{folder}: holds part {k} of {n} of a build (--part {k}/{n}), not the whole "
+                            f"dataset; `patchstore merge` joins the parts")
+        return cls(folder, manifest, file_sha256(folder / MANIFEST), tuple(warnings))
 
     @property
     def build(self) -> dict:
@@ -111,24 +135,21 @@ class ShardSet:
         entry = self.manifest["shards"][i]
         path = self.folder / entry["file"]
         n = int(entry["patches"])
+        if out is not None and (out.shape != (n, *self.patch_shape) or out.dtype != self.patch_dtype
+                                or not out.flags.c_contiguous):
+            raise ValueError(f"buffer for {path} is {out.dtype} {out.shape}; expected a C-contiguous "
+                             f"{self.patch_dtype} {(n, *self.patch_shape)}")
         with ShardReader(path) as r:
-            attrs = r.attrs
-            if attrs.get("build") != self.build:
-                raise ShardError(f"{path}: built with parameters other than the manifest's: "
-                                 + describe_differences(attrs.get("build") or {}, self.build, "in the shard",
-                                                        "in the manifest"))
-            if len(r.labels) != n:
-                raise ShardError(f"{path}: holds {len(r.labels)} patches; the manifest says {n}")
-            if out is None:
-                patches = r.patches[:]
-            else:
-                if out.shape != (n, *self.patch_shape) or out.dtype != self.patch_dtype or not out.flags.c_contiguous:
-                    raise ValueError(f"buffer for {path} is {out.dtype} {out.shape}; expected a C-contiguous "
-                                     f"{self.patch_dtype} {(n, *self.patch_shape)}")
-                if n:
-                    r.patches.read_direct(out)
-                patches = out
-            return ShardPart(patches, r.labels[:], r.origin[:], attrs["volume_key"], _working_spacing(attrs))
+            problems = r.schema_problems(self.build)
+            if not problems:
+                attrs = r.attrs
+                labels, origin = r.read("labels"), r.read("origin")
+                problems = entry_problems(path, attrs, labels, entry, self.build)
+            if problems:
+                raise ShardError(problems[0] + (f" (and {len(problems) - 1} more problem(s): run `patchstore "
+                                                f"verify {self.folder}`)" if len(problems) > 1 else ""))
+            patches = r.read("patches", out)
+        return ShardPart(patches, labels, origin, attrs["volume_key"], _working_spacing(attrs))
 
 
 def _working_spacing(attrs: dict) -> tuple[float, float]:

@@ -12,6 +12,7 @@ from tests.builders import make_shards
 from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from train.config import TrainConfig
 from train.loop import train
+from train.model import OPConvNet
 
 
 class Smuggled:
@@ -19,7 +20,7 @@ class Smuggled:
 
 
 def minimal(**extra) -> dict:
-    return {"model": {"w": torch.zeros(2)}, "epoch": 1, "config": TrainConfig().to_dict(), "build": {}, **extra}
+    return {"model": OPConvNet().state_dict(), "epoch": 1, "config": TrainConfig().to_dict(), "build": {}, **extra}
 
 
 def test_checkpoint_of_a_run_loads_with_weights_only(tmp_path):
