@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from patchstore import __version__
 from patchstore.cli_errors import ErrorGroup
-from patchstore.config import LABEL_RULES, BuildConfig
+from patchstore.config import LABEL_RULES, PAPER, BuildConfig
 
 DEFAULTS = BuildConfig()
 
@@ -63,6 +64,20 @@ rule_option = click.option(
     "--label-rule", type=click.Choice(LABEL_RULES), default=DEFAULTS.label_rule, show_default=True,
     help="majority: a patch is vertebra when more than half its pixels are (the paper); centre: when its "
          "centre pixel is (the pixel stride-1 inference gives the patch's class to).")
+paper_option = click.option(
+    "--paper", is_flag=True,
+    help="The paper's exact build: native pixels, majority rule, stride 12, no intensity augmentation "
+         "(options given explicitly still apply).")
+
+
+def _with_paper(ctx: click.Context, paper: bool, fields: dict) -> dict:
+    """``fields`` with the paper's values (config.PAPER) where --paper is set and the user gave none."""
+    if not paper:
+        return fields
+    return {**fields, **{k: v for k, v in PAPER.items()
+                         if k in fields and ctx.get_parameter_source(k) == ParameterSource.DEFAULT}}
+
+
 labels_option = click.option("--labels", default=None, metavar="SPEC",
                              help="Mask label values that mean vertebra, e.g. 25-50 (TotalSegmentator) or "
                                   "1,2,3; default: every nonzero value.")
@@ -115,17 +130,19 @@ def main() -> None:
 @click.option("--part", default=None, metavar="K/N", help="Build only part K of N of the volumes (by content hash).")
 @click.option("--keep-going", is_flag=True, help="Build the other volumes when one is bad; list the bad ones at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def build(input_path, out, hu_min, hu_max, sigma, patch, stride, angles, translations, max_shift, hu_gain, hu_offset,
-          noise_hu, rus, ratio, seed, dtype, labels, pixel_mm, label_rule, shard_mb, workers, part, keep_going,
-          quiet) -> None:
+@paper_option
+@click.pass_context
+def build(ctx, input_path, out, hu_min, hu_max, sigma, patch, stride, angles, translations, max_shift, hu_gain,
+          hu_offset, noise_hu, rus, ratio, seed, dtype, labels, pixel_mm, label_rule, shard_mb, workers, part,
+          keep_going, quiet, paper) -> None:
     """Build RUS-balanced, augmented patch shards from INPUT (a Decathlon folder or an image,mask CSV)."""
     from patchstore.build import build as run_build
     from patchstore.build import parse_part
-    cfg = BuildConfig(hu_min=hu_min, hu_max=hu_max, sigma=sigma, patch=patch, stride=stride,
-                      angles=_floats(angles), translations=translations, max_shift=max_shift, rus=rus,
-                      ratio=_ratio(ratio), seed=seed, dtype=dtype, labels=_labels(labels), shard_mb=shard_mb,
-                      pixel_mm=_pixel_mm(pixel_mm), label_rule=label_rule, hu_gain=hu_gain,
-                      hu_offset=hu_offset, noise_hu=noise_hu)
+    cfg = BuildConfig(**_with_paper(ctx, paper, dict(
+        hu_min=hu_min, hu_max=hu_max, sigma=sigma, patch=patch, stride=stride, angles=_floats(angles),
+        translations=translations, max_shift=max_shift, rus=rus, ratio=_ratio(ratio), seed=seed, dtype=dtype,
+        labels=_labels(labels), shard_mb=shard_mb, pixel_mm=_pixel_mm(pixel_mm), label_rule=label_rule,
+        hu_gain=hu_gain, hu_offset=hu_offset, noise_hu=noise_hu)))
     result = run_build(input_path, out, cfg, workers=workers, part=parse_part(part), keep_going=keep_going,
                        quiet=quiet)
     for note in result.notes:
@@ -195,7 +212,9 @@ def merge(inputs, out) -> None:
 @click.option("--stride", default=DEFAULTS.stride, show_default=True, help="Grid stride the vertebra patches are counted at.")
 @pixel_option
 @rule_option
-def check(input_path, labels, patch, stride, pixel_mm, label_rule) -> None:
+@paper_option
+@click.pass_context
+def check(ctx, input_path, labels, patch, stride, pixel_mm, label_rule, paper) -> None:
     """Validate a dataset (Decathlon folder or image,mask CSV) before building; exit 1 on any problem.
 
     Per case: size, spacing, orientation, labels, the vertebra patches a build would get at the
@@ -203,8 +222,10 @@ def check(input_path, labels, patch, stride, pixel_mm, label_rule) -> None:
     (warning below 0.8, with a pixel size that lifts it).
     """
     from patchstore.io.check import check_dataset
+    given = _with_paper(ctx, paper, dict(stride=stride, pixel_mm=_pixel_mm(pixel_mm), label_rule=label_rule))
     n_cases, problems, warnings = 0, [], []
-    for report in check_dataset(input_path, _labels(labels), patch, stride, _pixel_mm(pixel_mm), label_rule):
+    for report in check_dataset(input_path, _labels(labels), patch, given["stride"], given["pixel_mm"],
+                                given["label_rule"]):
         n_cases += 1
         click.echo(report.line())
         for p in report.problems:

@@ -43,7 +43,7 @@ def make_shards(folder: Path, volumes: int = 3, per_volume: int = 64, dtype: str
                 **build_overrides) -> Path:
     """A shard folder of ``volumes`` shards; with ``learnable`` vertebra patches hold a bright square;
     ``vertebra_fraction`` of the patches (about) are vertebra (0: all background)."""
-    cfg = BuildConfig(dtype=dtype, **build_overrides)
+    cfg = BuildConfig.paper(dtype=dtype, **build_overrides)
     build = cfg.to_dict()
     rng = np.random.default_rng(seed)
     entries = []
@@ -94,7 +94,7 @@ def write_checkpoint(path: Path, **entries) -> Path:
     from train.model import OPConvNet
     torch.manual_seed(0)
     ckpt = {"model": OPConvNet().state_dict(), "epoch": 1, "config": {},
-            "build": BuildConfig(angles=(), translations=0).to_dict(), **entries}
+            "build": BuildConfig.paper(angles=(), translations=0).to_dict(), **entries}
     save_checkpoint(path, ckpt)
     return path
 

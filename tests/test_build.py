@@ -21,7 +21,7 @@ from patchstore.store.shard import ShardWriter
 from patchstore.store.verify import verify
 from tests.builders import lps_geometry
 
-CFG = BuildConfig(angles=(-10.0,), translations=1)
+CFG = BuildConfig.paper(angles=(-10.0,), translations=1)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -95,7 +95,7 @@ def test_parts_merge_into_the_single_machine_build(build_dataset, tmp_path):
 def test_merge_refuses_different_parameters(build_dataset, tmp_path):
     """Shard sets built with different parameters are refused, naming the differing fields."""
     build(build_dataset, tmp_path / "a", CFG, part=(1, 2), quiet=True)
-    build(build_dataset, tmp_path / "b", BuildConfig(angles=(-10.0,), translations=1, stride=16), part=(2, 2),
+    build(build_dataset, tmp_path / "b", BuildConfig.paper(angles=(-10.0,), translations=1, stride=16), part=(2, 2),
           quiet=True)
     with pytest.raises(MergeError, match=r"different parameters \(stride=16 there, 12 in the first folder\)"):
         merge([tmp_path / "a", tmp_path / "b"], tmp_path / "c")
@@ -106,13 +106,13 @@ def test_output_folder_with_other_parameters_refused(build_dataset, tmp_path):
     """Building into a folder made with other parameters is refused, naming the fields."""
     build(build_dataset, tmp_path / "s", CFG, quiet=True)
     with pytest.raises(BuildError, match=r"differing: seed=0 there, 1 now"):
-        build(build_dataset, tmp_path / "s", BuildConfig(angles=(-10.0,), translations=1, seed=1), quiet=True)
+        build(build_dataset, tmp_path / "s", BuildConfig.paper(angles=(-10.0,), translations=1, seed=1), quiet=True)
 
 
 def test_split_shards_hold_the_same_patches(build_dataset, tmp_path):
     """A tiny --shard-mb splits each volume into parts whose concatenation equals the single shard."""
     build(build_dataset, tmp_path / "one", CFG, quiet=True)
-    small = BuildConfig(angles=(-10.0,), translations=1, shard_mb=0.05)
+    small = BuildConfig.paper(angles=(-10.0,), translations=1, shard_mb=0.05)
     build(build_dataset, tmp_path / "many", small, quiet=True)
     parts = sorted((tmp_path / "many").glob("case0-p*.h5"))
     assert len(parts) >= 2
@@ -167,7 +167,7 @@ def test_parse_part():
 def test_cli_build_info_verify_merge(build_dataset, tmp_path):
     """The commands run through click: build, info (table and JSON), verify, merge."""
     r = CliRunner()
-    args = ["build", str(build_dataset), "--angles", "", "--translations", "0", "--quiet"]
+    args = ["build", str(build_dataset), "--angles", "", "--translations", "0", "--quiet", "--paper"]
     res = r.invoke(main, args + ["-o", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
     assert "3 shards" in res.output and "built 3, already complete 0" in res.output
@@ -196,7 +196,7 @@ def stalling(*a, **k):
     time.sleep(60)
     return out
 b.build_job = stalling
-b.build(sys.argv[1], sys.argv[2], BuildConfig(angles=(-10.0,), translations=1), quiet=True)
+b.build(sys.argv[1], sys.argv[2], BuildConfig.paper(angles=(-10.0,), translations=1), quiet=True)
 """
 
 
@@ -233,7 +233,7 @@ def test_pixel_size_and_label_rule_are_recorded(build_dataset, tmp_path):
     assert res.exit_code == 0, res.output
     manifest = read_manifest(out)
     assert manifest["build"]["pixel_mm"] == 0.35 and manifest["build"]["label_rule"] == "centre"
-    assert manifest["build_key"] != BuildConfig(angles=(), translations=0).content_key()
+    assert manifest["build_key"] != BuildConfig.paper(angles=(), translations=0).content_key()
     with h5py.File(out / "case0.h5") as f:
         working = json.loads(f.attrs["geometry"])["working"]
         assert working["shape_yx"] == [144, 174]  # 72 x 0.7 mm and 76 x 0.8 mm at 0.35 mm
@@ -241,3 +241,16 @@ def test_pixel_size_and_label_rule_are_recorded(build_dataset, tmp_path):
         assert f["origin"][:, 1].max() + 32 <= 144
     bad = CliRunner().invoke(main, ["build", str(build_dataset), "-o", str(tmp_path / "x"), "--pixel-mm", "fine"])
     assert bad.exit_code == 2 and "'fine'; expected a pixel size in mm such as 0.4, or 'native'" in bad.output
+
+
+def test_paper_flag_builds_the_papers_recipe(build_dataset, tmp_path):
+    """`build --paper` stores the paper's parameters (native pixels, majority, stride 12, no jitter);
+    an explicit option still wins; without it the defaults are the measured recipe."""
+    r = CliRunner()
+    for extra, expected in (([], BuildConfig(angles=())), (["--paper"], BuildConfig.paper(angles=())),
+                            (["--paper", "--stride", "8"], BuildConfig.paper(angles=(), stride=8))):
+        out = tmp_path / f"s{len(extra)}"
+        res = r.invoke(main, ["build", str(build_dataset), "-o", str(out), "--angles", "", "--quiet", *extra])
+        assert res.exit_code == 0, res.output
+        assert read_manifest(out)["build"] == expected.to_dict()
+    assert BuildConfig().label_rule == "centre" and BuildConfig().pixel_mm == 1.4

@@ -29,7 +29,7 @@ from patchstore.store.verify import verify
 from tests.builders import write_case, write_checkpoint
 from train.cli import main as train_main
 
-CFG = BuildConfig(angles=(), translations=0)
+CFG = BuildConfig.paper(angles=(), translations=0)
 CLI = [sys.executable, "-c", "from patchstore.cli import main; main()"]
 
 
@@ -155,7 +155,7 @@ def stalling(*args, **kwargs):
 b.build_job = stalling  # module level: the spawned workers import this file and stall too
 
 if __name__ == "__main__":
-    b.build(sys.argv[1], sys.argv[2], BuildConfig(angles=(), translations=0), workers=2, quiet=True)
+    b.build(sys.argv[1], sys.argv[2], BuildConfig.paper(angles=(), translations=0), workers=2, quiet=True)
 """
 
 

@@ -30,7 +30,7 @@ from train.config import TrainConfig
 from train.data import DataError, check_classes, load_shards
 from train.loop import evaluate_checkpoint, train
 
-CFG = BuildConfig(angles=(), translations=0)
+CFG = BuildConfig.paper(angles=(), translations=0)
 QUICK = TrainConfig(epochs=1, batch_size=8, max_steps=1, quiet=True, device="cpu")
 
 
@@ -80,7 +80,7 @@ def test_volume_without_patches_warns_on_build_and_resume(build_dataset, tmp_pat
     assert result.warnings == ["case1: 0 patches (its mask has no vertebra patch, so RUS keeps nothing; "
                                f"candidates before RUS: background {_background(out):,}, vertebra 0)"]
     res = CliRunner().invoke(main, ["build", str(build_dataset), "-o", str(out), "--angles", "", "--translations",
-                                    "0", "--quiet"])
+                                    "0", "--quiet", "--paper"])
     assert res.exit_code == 0 and "warning: case1: 0 patches" in res.output and "already complete 3" in res.output
 
 
@@ -100,25 +100,25 @@ def test_build_without_any_patch_is_an_error(build_dataset, tmp_path):
 def test_patch_larger_than_the_slice_is_an_error(build_dataset, tmp_path):
     """--patch 1000 on 76x72 slices names the file and both sizes; no shard is written."""
     res = CliRunner().invoke(main, ["build", str(build_dataset), "-o", str(tmp_path / "out"), "--patch", "1000",
-                                    "--quiet"])
+                                    "--quiet", "--paper"])
     assert res.exit_code == 1, res.output
     assert "case0_0000.nii.gz: patch 1000 is larger than the axial slice (76x72 pixels); expected a patch of " \
            "at most 72 pixels" in res.output
     assert not list((tmp_path / "out").glob("*.h5"))
-    res = CliRunner().invoke(main, ["check", str(build_dataset), "--patch", "1000"])
+    res = CliRunner().invoke(main, ["check", str(build_dataset), "--patch", "1000", "--paper"])
     assert res.exit_code == 1 and "patch 1000 is larger than the axial slice (76x72 pixels at 0.75 mm)" in res.output
 
 
 def test_shard_size_below_one_patch_is_refused_before_anything(build_dataset, tmp_path):
     """--shard-mb 0.0001 (one file per patch and many empty ones, before) is refused; nothing is created."""
     with pytest.raises(BuildError, match=r"'shard_mb' is 0.0001; one 32x32 uint8 patch alone is 0.001024 MB"):
-        build(build_dataset, tmp_path / "out", BuildConfig(angles=(), translations=0, shard_mb=0.0001), quiet=True)
+        build(build_dataset, tmp_path / "out", BuildConfig.paper(angles=(), translations=0, shard_mb=0.0001), quiet=True)
     assert not (tmp_path / "out").exists()
 
 
 def test_too_many_files_per_volume_refused_and_none_empty(build_dataset, tmp_path, monkeypatch):
     """A volume is never split into empty files, nor into more than MAX_FILES_PER_VOLUME."""
-    small = BuildConfig(angles=(), translations=0, shard_mb=0.0011)  # one patch per file
+    small = BuildConfig.paper(angles=(), translations=0, shard_mb=0.0011)  # one patch per file
     result = build(build_dataset, tmp_path / "ok", small, quiet=True)
     assert all(e["patches"] >= 1 for e in result.manifest["shards"])
     monkeypatch.setattr(build_module, "MAX_FILES_PER_VOLUME", 4)

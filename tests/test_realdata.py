@@ -26,7 +26,7 @@ def test_real_ct_builds_verified_balanced_shards(real_ct, tmp_path):
     """The real CT builds with --labels 25-50 into a verified shard with exact 1:1 RUS and the label rule."""
     ct, mask = real_ct
     (tmp_path / "cases.csv").write_text(f"image,mask\n{ct},{mask}\n")
-    cfg = BuildConfig(labels=tuple(range(25, 51)))
+    cfg = BuildConfig.paper(labels=tuple(range(25, 51)))
     result = build(tmp_path / "cases.csv", tmp_path / "shards", cfg, quiet=True)
     assert verify(tmp_path / "shards") == []
     [entry] = result.manifest["shards"]
@@ -46,7 +46,7 @@ def test_dense_equals_patches_on_a_real_slice(real_ct):
     model = OPConvNet().eval()
     vol = read_volume(real_ct[0])
     z = vol.array.shape[0] // 2
-    x = torch.from_numpy(to_unit(preprocess(vol.array[z:z + 1], BuildConfig())))
+    x = torch.from_numpy(to_unit(preprocess(vol.array[z:z + 1], BuildConfig.paper())))
     need = patch_nonzero(x)
     dense = DenseOPConvNet(model)(x, need)
     rng = np.random.default_rng(0)

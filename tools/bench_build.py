@@ -139,7 +139,7 @@ def main() -> None:
 
     t_read, (image, mask) = timed(read, args.ct, args.mask, range(args.labels[0], args.labels[1] + 1))
     print(f"volume {image.shape} float32 = {image.nbytes / 2**20:.0f} MB, vertebra voxels {int(mask.sum())}")
-    aug = BuildConfig(stride=args.stride)
+    aug = BuildConfig.paper(stride=args.stride)
     off = dataclasses.replace(aug, angles=(), translations=0)
     warm_up([off, aug])
     seq = np.random.SeedSequence(aug.seed)

@@ -40,7 +40,7 @@ def load_hu(path: str, n: int) -> np.ndarray:
 
 def load_slices(path: str, n: int) -> torch.Tensor:
     """n axial slices around the middle of a CT in HU -> (n, H, W) float32 network input."""
-    unit = to_unit(preprocess(load_hu(path, n), BuildConfig()))
+    unit = to_unit(preprocess(load_hu(path, n), BuildConfig.paper()))
     return torch.from_numpy(np.ascontiguousarray(unit))
 
 

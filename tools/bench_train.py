@@ -39,7 +39,7 @@ from train.loop import new_model, train_epoch
 
 def make_random_shards(folder: Path, patches: int, per_shard: int = 5000, seed: int = 0) -> Path:
     """Random uint8 patches and labels in shards of ``per_shard`` (one volume each)."""
-    cfg = BuildConfig()
+    cfg = BuildConfig.paper()
     rng = np.random.default_rng(seed)
     entries = []
     for s, start in enumerate(range(0, patches, per_shard)):

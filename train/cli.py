@@ -17,7 +17,7 @@ from click.core import ParameterSource
 
 import patchstore
 from patchstore.cli_errors import ErrorGroup
-from train.config import AMPS, DEVICES, INITS, RESUMABLE_CHANGES, SPLITS, TrainConfig
+from train.config import AMPS, DEVICES, INITS, PAPER, RESUMABLE_CHANGES, SPLITS, TrainConfig
 
 D = TrainConfig()
 
@@ -77,8 +77,12 @@ def main() -> None:
 @click.option("--compile", is_flag=True, help="torch.compile the model (slow start, faster steps).")
 @click.option("--verify", is_flag=True, help="Rehash and read every shard first (patchstore verify).")
 @click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
+@click.option("--paper", is_flag=True,
+              help="The paper's training: N(0, 0.01) initialisation and a random split of patches "
+                   "(options given explicitly still apply).")
 @click.pass_context
-def run(ctx: click.Context, shards: tuple[Path, ...], out: Path | None, resume: Path | None, **fields) -> None:
+def run(ctx: click.Context, shards: tuple[Path, ...], out: Path | None, resume: Path | None, paper: bool,
+        **fields) -> None:
     """Train OP-convNet on the shard folder SHARDS (or several, e.g. a build and `infer mine`'s output,
     concatenated; they must agree on preprocessing).
 
@@ -97,6 +101,8 @@ def run(ctx: click.Context, shards: tuple[Path, ...], out: Path | None, resume: 
         given = {k: v for k, v in fields.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
         cfg = dataclasses.replace(TrainConfig.from_dict(old), **given)
     else:
+        if paper:
+            fields.update({k: v for k, v in PAPER.items() if ctx.get_parameter_source(k) == ParameterSource.DEFAULT})
         cfg = TrainConfig(**fields)
     run_dir = resume or out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     result = train(list(shards), run_dir, cfg, resume=resume is not None)

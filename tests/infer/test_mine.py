@@ -50,7 +50,7 @@ def test_cut_patches_equal_the_builds_view0_patches():
     rng = np.random.default_rng(3)
     hu = rng.normal(300, 400, (2, 70, 66)).astype(np.float32)
     mask = (rng.random(hu.shape) > 0.5).astype(np.uint8)
-    cfg = BuildConfig(patch=16, stride=6, angles=(), translations=0, rus=False, pixel_mm=0.5)
+    cfg = BuildConfig.paper(patch=16, stride=6, angles=(), translations=0, rus=False, pixel_mm=0.5)
     built = build_volume(hu, mask, cfg, np.random.SeedSequence(0), spacing_yx=(0.7, 0.7))
     grid = plane_grid(hu.shape[1:], (0.7, 0.7), 0.5)
     pick = np.arange(0, len(built.labels), 17)
@@ -61,7 +61,7 @@ def test_cut_patches_equal_the_builds_view0_patches():
 
 @pytest.fixture
 def built(build_dataset, tmp_path):
-    cfg = BuildConfig(angles=(), translations=0)
+    cfg = BuildConfig.paper(angles=(), translations=0)
     build(build_dataset, tmp_path / "shards", cfg, quiet=True)
     torch.manual_seed(0)
     model = OPConvNet()
@@ -91,7 +91,7 @@ def test_cli_writes_a_verifiable_folder_that_trains_with_the_build(build_dataset
 
 def test_folders_preprocessed_otherwise_are_not_trained_together(build_dataset, built, tmp_path):
     shards, _ = built
-    build(build_dataset, tmp_path / "other", BuildConfig(angles=(), translations=0, sigma=1.5), quiet=True)
+    build(build_dataset, tmp_path / "other", BuildConfig.paper(angles=(), translations=0, sigma=1.5), quiet=True)
     from patchstore.store.shard import ShardError
     with pytest.raises(ShardError, match=r"sigma=1.5 there, 0.8 in .*shards\); shard folders trained on together"):
         load_shards([shards, tmp_path / "other"], torch.device("cpu"), log=lambda s: None)

@@ -19,7 +19,7 @@ from tests.builders import RAS, lps_geometry, write_dicom_series
 from train.checkpoint import save_checkpoint
 from train.model import OPConvNet
 
-BUILD = BuildConfig(angles=(), translations=0)
+BUILD = BuildConfig.paper(angles=(), translations=0)
 
 
 def _save_random_model(path: Path, build: BuildConfig, background_bias: float = 0.0) -> Path:
@@ -45,7 +45,7 @@ def checkpoint(tmp_path) -> Path:
 @pytest.fixture(params=["native", "0.35 mm"])
 def any_checkpoint(request, tmp_path) -> Path:
     """The network at native pixels, and the same network classifying at 0.35 mm pixels."""
-    build = BUILD if request.param == "native" else BuildConfig(angles=(), translations=0, pixel_mm=0.35)
+    build = BUILD if request.param == "native" else BuildConfig.paper(angles=(), translations=0, pixel_mm=0.35)
     return _save_random_model(tmp_path / "model.pt", build)
 
 
@@ -231,7 +231,7 @@ def test_permuted_input_gives_the_permuted_mask(tmp_path, any_checkpoint, rng):
 def test_checkpoint_at_the_scans_own_pixel_size_is_bit_identical(tmp_path, checkpoint, rng):
     """pixel_mm equal to the scan's spacing classifies the native slices: the very same probabilities."""
     native_model, native_cfg = load_model(checkpoint, torch.device("cpu"))
-    same = _save_random_model(tmp_path / "same.pt", BuildConfig(angles=(), translations=0, pixel_mm=0.7))
+    same = _save_random_model(tmp_path / "same.pt", BuildConfig.paper(angles=(), translations=0, pixel_mm=0.7))
     model, cfg = load_model(same, torch.device("cpu"))
     hu = _ct(rng)
     a, _ = vertebra_probability(native_model, native_cfg, hu, spacing_yx=(0.7, 0.7))
@@ -243,7 +243,7 @@ def test_resampling_checkpoint_classifies_on_its_grid_and_maps_back(tmp_path, rn
     """At 0.35 mm the probability is the working grid's classification brought back bilinearly."""
     from patchstore.stages.preprocess import preprocess, to_unit
     from patchstore.stages.resample import plane_grid, to_grid_image, to_native
-    fine = _save_random_model(tmp_path / "fine.pt", BuildConfig(angles=(), translations=0, pixel_mm=0.35))
+    fine = _save_random_model(tmp_path / "fine.pt", BuildConfig.paper(angles=(), translations=0, pixel_mm=0.35))
     model, cfg = load_model(fine, torch.device("cpu"))
     hu = _ct(rng)
     got, _ = vertebra_probability(model, cfg, hu, spacing_yx=(0.7, 0.7), engine="patches", skip_zero=False)
@@ -270,7 +270,7 @@ def test_phantom_at_two_pixel_sizes_gets_one_answer(tmp_path):
     """The same anatomy scanned at 0.5 and 0.8 mm pixels, both brought to 0.35 mm, gets nearly the same
     probabilities there, where a native-pixel model sees two different images."""
     from patchstore.stages.resample import plane_grid, to_grid_image
-    fine = _save_random_model(tmp_path / "fine.pt", BuildConfig(angles=(), translations=0, pixel_mm=0.35))
+    fine = _save_random_model(tmp_path / "fine.pt", BuildConfig.paper(angles=(), translations=0, pixel_mm=0.35))
     model, cfg = load_model(fine, torch.device("cpu"))
     probs = []
     for pixel in (0.5, 0.8):

@@ -22,7 +22,7 @@ from patchstore.config import BuildConfig
 from patchstore.io.volume import VolumeError, content_sha256, read_volume, write_volume
 from tests.builders import bone_volume, lps_geometry, write_case, write_checkpoint
 
-CFG = BuildConfig(angles=(), translations=0)
+CFG = BuildConfig.paper(angles=(), translations=0)
 
 
 def _volume(tmp_path: Path, name: str, dtype=np.int16, shape=(6, 40, 44)) -> Path:

@@ -29,7 +29,7 @@ def centroid(a):
 
 def test_view_enumeration():
     """a = r * (1 + translations) + t; only t >= 1 copies are shifted; view 0 is the original."""
-    cfg = BuildConfig(angles=(-10, 10), translations=2)
+    cfg = BuildConfig.paper(angles=(-10, 10), translations=2)
     assert cfg.n_views == 9
     np.testing.assert_array_equal(view_angles(cfg), [0, 0, 0, -10, -10, -10, 10, 10, 10])
     np.testing.assert_array_equal(view_shifted(cfg), [False, True, True] * 3)

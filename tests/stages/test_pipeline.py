@@ -31,7 +31,7 @@ def volume():
 
 
 def cfg_for(**kw):
-    return BuildConfig(patch=N, stride=STRIDE, **kw)
+    return BuildConfig.paper(patch=N, stride=STRIDE, **kw)
 
 
 def test_counts_and_labels_view0(volume):

@@ -28,7 +28,7 @@ def test_preprocess_is_quantized_preprocess_float():
     """preprocess = quantize(preprocess_float) in both stored dtypes; to_unit inverts to 1/510."""
     hu = np.random.default_rng(1).uniform(-500, 2500, (2, 16, 16)).astype(np.float32)
     for dtype in ("uint8", "float16"):
-        cfg = BuildConfig(dtype=dtype)
+        cfg = BuildConfig.paper(dtype=dtype)
         f = preprocess_float(hu, cfg)
         assert f.dtype == np.float32 and f.min() >= 0 and f.max() <= 1
         q = preprocess(hu, cfg)

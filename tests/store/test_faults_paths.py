@@ -23,7 +23,7 @@ from patchstore.store.shardset import ShardSet
 from patchstore.store.verify import verify
 from tests.builders import make_shards
 
-CFG = BuildConfig(angles=(), translations=0)
+CFG = BuildConfig.paper(angles=(), translations=0)
 ESCAPES = ["../../victim", "/tmp/victim-abs", "sub/victim", "..", ".hidden", "a\\b", ""]
 
 

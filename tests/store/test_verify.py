@@ -16,7 +16,7 @@ from patchstore.store.verify import verify
 @pytest.fixture
 def shards(build_dataset, tmp_path):
     out = tmp_path / "shards"
-    build(build_dataset, out, BuildConfig(angles=(), translations=0), quiet=True)
+    build(build_dataset, out, BuildConfig.paper(angles=(), translations=0), quiet=True)
     assert verify(out) == []
     return out
 

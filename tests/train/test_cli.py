@@ -119,3 +119,16 @@ def test_run_reports_bad_shards_without_traceback(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["run", str(tmp_path / "empty"), "-o", str(tmp_path / "run")])
     assert result.exit_code == 1 and "no manifest.json" in result.output
+
+
+def test_paper_flag_restores_the_papers_training(shards, tmp_path):
+    """Default: Kaiming start and a split by volume; --paper: N(0, 0.01) and a random patch split,
+    unless an option says otherwise."""
+    common = ["--epochs", "1", "--batch-size", "8", "--max-steps", "1", "--quiet"]
+    for extra, init, split in (([], "kaiming", "volume"), (["--paper"], "paper", "patch"),
+                               (["--paper", "--split-by", "volume"], "paper", "volume")):
+        out = tmp_path / f"run{len(extra)}"
+        result = CliRunner().invoke(main, ["run", str(shards), "-o", str(out), *common, *extra])
+        assert result.exit_code == 0, result.output
+        config = load_checkpoint(out / "last.pt")["config"]
+        assert (config["init"], config["split_by"]) == (init, split)
