@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -86,14 +85,23 @@ labels_option = click.option("--labels", default=None, metavar="SPEC",
 @click.group(cls=ErrorGroup, user_errors=user_errors,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="patchstore")
-def main() -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="CPU threads of the numba kernels (in each --workers process); default: numba's own, one per "
+                   "core.")
+def main(threads: int | None) -> None:
     """Turn CT volumes and vertebra masks into verifiable OP-convNet patch shards.
 
     Typical use: `patchstore phantom data/ --cases 4`, `patchstore check data/`,
     `patchstore build data/ -o shards/`, `patchstore verify shards/`, then `train run shards/`.
+    Options of the group go before the command: `patchstore --threads 2 build data/ -o shards/`.
+    Progress bars written to a file or pipe (not a terminal) print one line every 30 s.
     """
+    from patchstore.console import set_numba_threads, throttled_stderr
     from patchstore.memory import keep_freed_memory
     keep_freed_memory()  # volume after volume: reuse freed pages instead of page-faulting new ones
+    click.get_current_context().with_resource(throttled_stderr())
+    if threads is not None:
+        set_numba_threads(threads)
 
 
 @main.command()
@@ -115,6 +123,8 @@ def main() -> None:
               help="... plus an offset uniform in [-O, O] HU.")
 @click.option("--noise-hu", default=DEFAULTS.noise_hu, show_default=True,
               help="... plus Gaussian noise of an SD uniform in [0, N] HU (as in low-dose scans).")
+@click.option("--blur-px", default=DEFAULTS.blur_px, show_default=True,
+              help="... then a Gaussian blur of an SD uniform in [0, B] pixels (coarser scanners, thick slices).")
 @click.option("--rus/--no-rus", default=DEFAULTS.rus, show_default=True,
               help="Random under-sampling of the majority class; --no-rus keeps every patch (evaluation shards).")
 @click.option("--ratio", default="1:1", show_default=True, help="Kept MINORITY:MAJORITY count ratio per volume.")
@@ -133,16 +143,24 @@ def main() -> None:
 @paper_option
 @click.pass_context
 def build(ctx, input_path, out, hu_min, hu_max, sigma, patch, stride, angles, translations, max_shift, hu_gain,
-          hu_offset, noise_hu, rus, ratio, seed, dtype, labels, pixel_mm, label_rule, shard_mb, workers, part,
-          keep_going, quiet, paper) -> None:
-    """Build RUS-balanced, augmented patch shards from INPUT (a Decathlon folder or an image,mask CSV)."""
+          hu_offset, noise_hu, blur_px, rus, ratio, seed, dtype, labels, pixel_mm, label_rule, shard_mb, workers,
+          part, keep_going, quiet, paper) -> None:
+    """Build RUS-balanced, augmented patch shards from INPUT (a Decathlon folder or an image,mask CSV).
+
+    \b
+    Examples:
+      patchstore build data/ -o shards/ --workers 2
+      patchstore build cases.csv -o shards/ --labels 26-50        # TotalSegmentator v2 vertebrae
+      patchstore build data/ -o test-shards/ --angles "" --translations 0 --no-rus   # evaluation shards
+      patchstore build data/ -o part1/ --part 1/2                  # then `patchstore merge part1/ part2/ -o shards/`
+    """
     from patchstore.build import build as run_build
     from patchstore.build import parse_part
     cfg = BuildConfig(**_with_paper(ctx, paper, dict(
         hu_min=hu_min, hu_max=hu_max, sigma=sigma, patch=patch, stride=stride, angles=_floats(angles),
         translations=translations, max_shift=max_shift, rus=rus, ratio=_ratio(ratio), seed=seed, dtype=dtype,
         labels=_labels(labels), shard_mb=shard_mb, pixel_mm=_pixel_mm(pixel_mm), label_rule=label_rule,
-        hu_gain=hu_gain, hu_offset=hu_offset, noise_hu=noise_hu)))
+        hu_gain=hu_gain, hu_offset=hu_offset, noise_hu=noise_hu, blur_px=blur_px)))
     result = run_build(input_path, out, cfg, workers=workers, part=parse_part(part), keep_going=keep_going,
                        quiet=quiet)
     for note in result.notes:
@@ -163,17 +181,29 @@ def build(ctx, input_path, out, hu_min, hu_max, sigma, patch, stride, angles, tr
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def info(folder, as_json) -> None:
-    """Show what a shard FOLDER holds: shards, patches per class, build parameters."""
+    """Show what a shard FOLDER holds: shards, patches per class, build parameters.
+
+    \b
+    Examples:
+      patchstore info shards/
+      patchstore info shards/ --json > shards.json
+    """
+    from patchstore.console import json_text
     from patchstore.store.info import format_info
     from patchstore.store.manifest import read_manifest
     manifest = read_manifest(folder)
-    click.echo(json.dumps(manifest, indent=2, sort_keys=True) if as_json else format_info(manifest))
+    click.echo(json_text(manifest, indent=2, sort_keys=True) if as_json else format_info(manifest))
 
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def verify(folder) -> None:
-    """Rehash and open every shard of FOLDER, check it against the manifest; exit 1 on any problem."""
+    """Rehash and open every shard of FOLDER, check it against the manifest; exit 1 on any problem.
+
+    \b
+    Example:
+      patchstore verify shards/
+    """
     from patchstore.store.manifest import read_manifest
     from patchstore.store.verify import leftover_temps
     from patchstore.store.verify import verify as run_verify
@@ -198,7 +228,13 @@ def verify(folder) -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="New shard folder.")
 def merge(inputs, out) -> None:
-    """Merge shard folders built with identical parameters (e.g. --part 1/2 and 2/2) into OUT."""
+    """Merge the shard folders INPUTS, built with identical parameters (e.g. --part 1/2 and 2/2), into
+    the new folder given by -o OUT.
+
+    \b
+    Example:
+      patchstore merge part1/ part2/ -o shards/
+    """
     from patchstore.store.merge import merge as run_merge
     manifest = run_merge(list(inputs), out)
     t = manifest["totals"]
@@ -220,6 +256,11 @@ def check(ctx, input_path, labels, patch, stride, pixel_mm, label_rule, paper) -
     Per case: size, spacing, orientation, labels, the vertebra patches a build would get at the
     pixel size and label rule given, and the DSC an ideal classifier of those labels reaches
     (warning below 0.8, with a pixel size that lifts it).
+
+    \b
+    Examples:
+      patchstore check data/
+      patchstore check cases.csv --labels 26-50 --pixel-mm 0.4
     """
     from patchstore.io.check import check_dataset
     given = _with_paper(ctx, paper, dict(stride=stride, pixel_mm=_pixel_mm(pixel_mm), label_rule=label_rule))
@@ -255,7 +296,14 @@ def check(ctx, input_path, labels, patch, stride, pixel_mm, label_rule, paper) -
               help="Field of view: spine-centred (0.31-0.45 mm pixels at 512) or the whole torso cross-section "
                    "plus a margin (1.1-1.3 x the body width, 0.6-0.85 mm pixels at 512).")
 def phantom(out, cases, seed, size, slices, contrast, fov) -> None:
-    """Write synthetic spine CT phantoms (HU, with vertebra masks) in the Decathlon layout to OUT."""
+    """Write synthetic spine CT phantoms (HU, with vertebra masks) in the Decathlon layout to OUT.
+
+    \b
+    Examples:
+      patchstore phantom data/ --cases 4
+      patchstore phantom test/ --cases 1 --seed 1000                 # a case no training phantom shares
+      patchstore phantom big/ --size 512 --slices 550 --contrast mixed --fov body
+    """
     from patchstore.phantom.generate import write_dataset
     paths = write_dataset(out, cases=cases, seed=seed, size=size, slices=slices, contrast=contrast, fov=fov)
     click.echo(f"{out}: {len(paths)} phantom case(s), {size}x{size}x{slices}, contrast {contrast}, field of view {fov}")

@@ -13,8 +13,10 @@ LABEL_RULES = ("majority", "centre")
 # Fields added after format 1 was first written, with the value every older shard set was built
 # with: a stored build without them reads as exactly what it was (not as today's defaults).
 # The paper's build (section II.A-C) where the defaults differ from it.
-PAPER = {"stride": 12, "pixel_mm": None, "label_rule": "majority", "hu_gain": 0.0, "hu_offset": 0.0, "noise_hu": 0.0}
-LEGACY_VALUES = {"pixel_mm": None, "label_rule": "majority", "hu_gain": 0.0, "hu_offset": 0.0, "noise_hu": 0.0}
+PAPER = {"stride": 12, "pixel_mm": None, "label_rule": "majority", "hu_gain": 0.0, "hu_offset": 0.0, "noise_hu": 0.0,
+         "blur_px": 0.0}
+LEGACY_VALUES = {"pixel_mm": None, "label_rule": "majority", "hu_gain": 0.0, "hu_offset": 0.0, "noise_hu": 0.0,
+                 "blur_px": 0.0}
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,9 @@ class BuildConfig:
 
     Intensity augmentation of every view but view 0, before windowing (``stages.augment``):
     HU * gain + offset + noise, gain uniform in [1 - hu_gain, 1 + hu_gain], offset uniform in
-    [-hu_offset, hu_offset] HU, Gaussian noise of an SD uniform in [0, noise_hu] HU; drawn per
-    (slice, view). All 0: off (the paper).
+    [-hu_offset, hu_offset] HU, Gaussian noise of an SD uniform in [0, noise_hu] HU, then a
+    Gaussian blur of an SD uniform in [0, blur_px] working pixels (a coarser scanner or thicker
+    slices); drawn per (slice, view). All 0: off (the paper).
 
     Pixel size: ``pixel_mm`` resamples every axial slice in-plane to square pixels of that size
     (mm) before windowing (``stages.resample``); None keeps the native pixels (the paper). Label
@@ -64,6 +67,7 @@ class BuildConfig:
     hu_gain: float = 0.0
     hu_offset: float = 0.0
     noise_hu: float = 0.0
+    blur_px: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
@@ -88,6 +92,7 @@ class BuildConfig:
             (0 <= self.hu_gain < 1, "hu_gain", self.hu_gain, "a fraction in [0, 1)"),
             (self.hu_offset >= 0, "hu_offset", self.hu_offset, "an HU range >= 0"),
             (self.noise_hu >= 0, "noise_hu", self.noise_hu, "a noise SD in HU >= 0"),
+            (0 <= self.blur_px <= 8, "blur_px", self.blur_px, "a blur SD in pixels in [0, 8]"),
         ]
         for ok, field, found, expected in checks:
             if not ok:
@@ -101,7 +106,7 @@ class BuildConfig:
     @property
     def jitters(self) -> bool:
         """Does the build augment intensities?"""
-        return self.hu_gain > 0 or self.hu_offset > 0 or self.noise_hu > 0
+        return self.hu_gain > 0 or self.hu_offset > 0 or self.noise_hu > 0 or self.blur_px > 0
 
     @property
     def n_views(self) -> int:

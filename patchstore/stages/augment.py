@@ -114,18 +114,20 @@ def augment_slice(image: np.ndarray, mask: np.ndarray, maps: np.ndarray) -> tupl
 
 
 def draw_jitter(n_slices: int, cfg: BuildConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(n_slices, n_views, 3) float32 (gain, offset HU, noise SD HU) and (n_slices, n_views) uint64
-    noise keys of the intensity augmentation; view 0 keeps (1, 0, 0).
+    """(n_slices, n_views, 4) float32 (gain, offset HU, noise SD HU, blur SD px) and
+    (n_slices, n_views) uint64 noise keys of the intensity augmentation; view 0 keeps (1, 0, 0, 0).
 
     Every entry is drawn, also those reset after, so the stream depends only on the shape:
-    gain, offset, noise SD, key, each one ``rng`` call of shape (n_slices, n_views).
+    gain, offset, noise SD, key, blur SD, each one ``rng`` call of shape (n_slices, n_views).
     """
     shape = (n_slices, cfg.n_views)
-    jitter = np.stack([rng.uniform(1 - cfg.hu_gain, 1 + cfg.hu_gain, shape),
-                       rng.uniform(-cfg.hu_offset, cfg.hu_offset, shape),
-                       rng.uniform(0, cfg.noise_hu, shape)], axis=-1).astype(np.float32)
+    gain = rng.uniform(1 - cfg.hu_gain, 1 + cfg.hu_gain, shape)
+    offset = rng.uniform(-cfg.hu_offset, cfg.hu_offset, shape)
+    noise = rng.uniform(0, cfg.noise_hu, shape)
     keys = rng.integers(0, 2**63, shape, dtype=np.uint64)
-    jitter[:, 0] = (1, 0, 0)
+    blur = rng.uniform(0, cfg.blur_px, shape)
+    jitter = np.stack([gain, offset, noise, blur], axis=-1).astype(np.float32)
+    jitter[:, 0] = (1, 0, 0, 0)
     if not cfg.jitters:
-        jitter[...] = (1, 0, 0)
+        jitter[...] = (1, 0, 0, 0)
     return np.ascontiguousarray(jitter), keys

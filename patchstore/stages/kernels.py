@@ -312,6 +312,16 @@ def jitter_slice(hu, gain, offset, noise, key, out):
 
 
 @njit(cache=True)
+def gaussian_taps(sigma):
+    """(2r+1,) float64 normalised Gaussian taps, r = int(4 sigma + 0.5) (``preprocess.gaussian_weights``)."""
+    r = int(4.0 * sigma + 0.5)
+    w = np.empty(2 * r + 1, np.float64)
+    for k in range(2 * r + 1):
+        w[k] = np.exp(-0.5 * ((k - r) / sigma) ** 2)
+    return w / w.sum()
+
+
+@njit(cache=True)
 def preprocess_slice(hu, hu_min, hu_max, w, win, out):
     """Window ``hu`` into ``win``, then smooth with taps ``w`` into ``out`` (copy when len(w) == 1)."""
     window_slice(hu, hu_min, hu_max, win)
@@ -328,8 +338,9 @@ def volume_patches(image, hu_min, hu_max, w, maps, jitter, keys, slice_pairs, pa
 
     image: (S, H, W) float32 HU, the slices holding kept patches; hu_min, hu_max: float32;
     w: (2r+1,) float64 Gaussian taps (length 1 = no smoothing); maps: (S, V, 2, 3) float64;
-    jitter: (S, V, 3) float32 (gain, offset HU, noise SD HU) and keys: (S, V) uint64 of the
-    intensity augmentation of each view (``jitter_slice``; gain 1, offset 0, noise 0 = none).
+    jitter: (S, V, 4) float32 (gain, offset HU, noise SD HU, blur SD px) and keys: (S, V) uint64
+    of the intensity augmentation of each view (``jitter_slice``, then a Gaussian blur of the HU;
+    gain 1, offset 0, noise 0, blur 0 = none).
     The kept patches are grouped by slice, then by view, CSR style:
 
         slice s owns pairs    p in [slice_pairs[s], slice_pairs[s+1])
@@ -350,9 +361,12 @@ def volume_patches(image, hu_min, hu_max, w, maps, jitter, keys, slice_pairs, pa
         plain_done = False
         for p in range(slice_pairs[s], slice_pairs[s + 1]):
             v = pair_view[p]
-            gain, offset, noise = jitter[s, v, 0], jitter[s, v, 1], jitter[s, v, 2]
-            if gain != 1 or offset != 0 or noise > 0:
+            gain, offset, noise, blur = jitter[s, v, 0], jitter[s, v, 1], jitter[s, v, 2], jitter[s, v, 3]
+            if gain != 1 or offset != 0 or noise > 0 or blur > 0:
                 jitter_slice(image[s], gain, offset, noise, keys[s, v], jittered)
+                if blur > 0.05:  # below, the taps are [0, 1, 0]
+                    smooth_slice(jittered, gaussian_taps(blur), own)
+                    jittered[:, :] = own
                 preprocess_slice(jittered, hu_min, hu_max, w, win, own)
                 pre = own
             else:

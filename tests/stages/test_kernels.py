@@ -194,3 +194,8 @@ def test_jitter_slice_is_gain_then_offset():
     out = np.empty_like(hu)
     kernels.jitter_slice(hu, np.float32(1.1), np.float32(-20), np.float32(0), np.uint64(0), out)
     np.testing.assert_allclose(out, hu * 1.1 - 20, rtol=1e-6)
+
+
+def test_gaussian_taps_equal_preprocess_weights():
+    for sigma in (0.3, 1.0, 2.5):
+        np.testing.assert_allclose(kernels.gaussian_taps(sigma), gaussian_weights(sigma), rtol=1e-12)

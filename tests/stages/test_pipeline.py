@@ -183,7 +183,18 @@ def test_jitter_draws_do_not_depend_on_the_other_streams():
     """Turning jitter on or off leaves the shifts and the RUS draws as they were."""
     cfg = cfg_for(hu_gain=0.1)
     g, keys = augment.draw_jitter(5, cfg, np.random.default_rng(1))
-    assert g.shape == (5, cfg.n_views, 3) and keys.dtype == np.uint64
-    assert np.all(g[:, 0] == (1, 0, 0)) and np.all(np.abs(g[:, 1:, 0] - 1) <= 0.1) and np.all(g[:, :, 1:] == 0)
+    assert g.shape == (5, cfg.n_views, 4) and keys.dtype == np.uint64
+    assert np.all(g[:, 0] == (1, 0, 0, 0)) and np.all(np.abs(g[:, 1:, 0] - 1) <= 0.1) and np.all(g[:, :, 1:] == 0)
     off, _ = augment.draw_jitter(5, cfg_for(), np.random.default_rng(1))
-    assert np.all(off == (1, 0, 0))
+    assert np.all(off == (1, 0, 0, 0))
+
+
+def test_blur_jitter_smooths_the_augmented_views(volume):
+    """With blur only, augmented views' patches are smoother (smaller pixel-to-pixel steps) than without."""
+    image, mask = volume
+    plain = build_volume(image, mask, cfg_for(rus=False, sigma=0), np.random.SeedSequence(4))
+    blurred = build_volume(image, mask, cfg_for(rus=False, sigma=0, blur_px=2.0), np.random.SeedSequence(4))
+    aug = blurred.origin[:, 3] > 0
+    step = lambda p: np.abs(np.diff(p.astype(np.int16), axis=2)).mean()  # noqa: E731
+    assert step(blurred.patches[aug]) < 0.8 * step(plain.patches[aug])
+    assert np.array_equal(blurred.patches[~aug], plain.patches[~aug])
