@@ -29,7 +29,8 @@ import torch
 from infer.predict import grid_probability, load_model
 from patchstore.build import Job, make_jobs, volume_seed
 from patchstore.config import BuildConfig
-from patchstore.files import file_sha256, write_json_atomic
+from patchstore.files import confined, file_sha256, write_json_atomic
+from patchstore.lock import folder_lock
 from patchstore.io.volume import read_case
 from patchstore.stages.patches import rule_mask
 from patchstore.stages.preprocess import preprocess
@@ -128,22 +129,28 @@ def mine(dataset: str | os.PathLike, checkpoint: str | os.PathLike, out: str | o
     model, cfg = load_model(checkpoint, device)
     provenance = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
                   "per_volume": per_volume, "seed": seed}
-    entries = []
-    for job in make_jobs(Path(dataset), None):
-        patches, labels, origin, found, geometry = mine_volume(job, model, cfg, per_volume, seed, device, progress)
-        counts = [int(c) for c in np.bincount(labels, minlength=2)[:2]]
-        attrs = {"build": cfg.to_dict(), "build_key": cfg.content_key(), "case_id": job.case.case_id,
-                 "source_image": job.image_rel, "source_mask": job.mask_rel, "image_sha256": job.image_sha256,
-                 "mask_sha256": job.mask_sha256, "volume_key": job.volume_key, "geometry": geometry,
-                 "mined": {**provenance, "false_positives": found.found[0], "false_negatives": found.found[1]},
-                 "counts_before": list(found.found), "counts_after": counts, "part": 0, "n_parts": 1,
-                 "first_index": 0}
-        path = out / f"{job.case.case_id}.h5"
-        with ShardWriter(path, attrs) as w:
-            w.write(patches, labels, origin)
-        entries.append(shard_entry(path))
-        log(f"{job.case.case_id}: {found.found[0]:,} false positive and {found.found[1]:,} false negative pixels; "
-            f"kept {counts[0]:,} + {counts[1]:,}")
-    manifest = make_manifest(cfg.to_dict(), cfg.content_key(), entries)
-    write_json_atomic(out / MANIFEST, manifest)
+    with folder_lock(out, "mine"):
+        entries = [mine_job(job, model, cfg, out, provenance, per_volume, seed, device, log, progress)
+                   for job in make_jobs(Path(dataset), None)]
+        manifest = make_manifest(cfg.to_dict(), cfg.content_key(), entries)
+        write_json_atomic(out / MANIFEST, manifest)
     return manifest
+
+
+def mine_job(job: Job, model, cfg: BuildConfig, out: Path, provenance: dict, per_volume: int, seed: int,
+             device: torch.device, log: Callable[[str], None], progress) -> dict:
+    """One volume's mistakes written as its shard; the manifest entry."""
+    patches, labels, origin, found, geometry = mine_volume(job, model, cfg, per_volume, seed, device, progress)
+    counts = [int(c) for c in np.bincount(labels, minlength=2)[:2]]
+    attrs = {"build": cfg.to_dict(), "build_key": cfg.content_key(), "case_id": job.case.case_id,
+             "source_image": job.image_rel, "source_mask": job.mask_rel, "image_sha256": job.image_sha256,
+             "mask_sha256": job.mask_sha256, "volume_key": job.volume_key, "geometry": geometry,
+             "mined": {**provenance, "false_positives": found.found[0], "false_negatives": found.found[1]},
+             "counts_before": list(found.found), "counts_after": counts, "part": 0, "n_parts": 1,
+             "first_index": 0}
+    path = confined(out, f"{job.case.case_id}.h5", f"shard name of case {job.case.case_id!r}")
+    with ShardWriter(path, attrs) as w:
+        w.write(patches, labels, origin)
+    log(f"{job.case.case_id}: {found.found[0]:,} false positive and {found.found[1]:,} false negative pixels; "
+        f"kept {counts[0]:,} + {counts[1]:,}")
+    return shard_entry(path)
