@@ -1,8 +1,8 @@
-"""`infer` console script: thin click wrappers over infer.predict and infer.metrics."""
+"""`infer` console script: thin click wrappers over infer.cases, infer.batch, infer.report, infer.mine
+and infer.metrics."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -10,7 +10,9 @@ import click
 import patchstore
 from patchstore.cli_errors import ErrorGroup
 
-LABELS_HELP = "Reference label values that mean vertebra, e.g. 25-50; default: nonzero."
+LABELS_HELP = ("Reference label values that mean vertebra, e.g. 26-50 (TotalSegmentator v2) or 1-25,28 (VerSe); "
+               "default: nonzero.")
+DEVICE_HELP = "auto: the GPU when there is one."
 
 
 def _labels(spec: str | None) -> tuple[int, ...]:
@@ -19,21 +21,6 @@ def _labels(spec: str | None) -> tuple[int, ...]:
         return parse_labels(spec)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-
-
-def _case_name(path: Path) -> str:
-    from patchstore.io.discover import strip_volume_suffix
-    return strip_volume_suffix(path.name) or path.name
-
-
-def _outputs(inputs: list[Path], out: Path, suffix: str = ".nii.gz", tag: str = "") -> list[Path]:
-    """One input: ``out`` is the file. Several: ``out`` is a folder of <case><tag><suffix>."""
-    if len(inputs) == 1 and not out.is_dir():
-        return [out]
-    names = [_case_name(p) for p in inputs]
-    if len(set(names)) != len(names):
-        raise click.BadParameter(f"inputs share case names {names}; expected distinct names for {out}/")
-    return [out / f"{n}{tag}{suffix}" for n in names]
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -59,18 +46,47 @@ def check_outputs(paths: list[Path | None], folders: list[Path | None] = ()) -> 
 @click.group(cls=ErrorGroup, user_errors=user_errors,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(patchstore.__version__, prog_name="infer")
-def main() -> None:
-    """Segment vertebrae in CT with a trained OP-convNet: every pixel's 32x32 patch, exactly."""
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="CPU threads of torch (intra-op) and numba; default: the libraries' own (one per core).")
+def main(threads: int | None) -> None:
+    """Segment vertebrae in CT with a trained OP-convNet: every pixel's 32x32 patch, exactly.
+
+    Typical use: `infer volume data/imagesTr/ -m runs/first/best.pt -o predictions/`.
+
+    Options of the group go before the command: `infer --threads 4 volume ...`.
+    Progress bars written to a file or pipe (not a terminal) print one line every 30 s.
+    """
+    from patchstore.console import set_numba_threads, throttled_stderr
     from patchstore.memory import keep_freed_memory
     keep_freed_memory()  # large per-slice and per-volume temporaries: reuse freed pages
+    click.get_current_context().with_resource(throttled_stderr())
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
+        set_numba_threads(threads)
+
+
+def _print_scores(entry: dict, cfg) -> None:
+    """The metric table of a scored case, and what its label-rule DSC means."""
+    from infer.metrics import format_table
+    click.echo(format_table(entry["metrics"], title=f"{entry['case']} vs {entry['reference']}",
+                            reasons=entry["undefined"]))
+    rule = entry["label_rule_DSC"]
+    if rule is None:
+        click.echo("label-rule DSC n/a (the reference is empty)")
+        return
+    click.echo(f"label-rule DSC {rule:.2%}: an ideal classifier of the training labels ({cfg.label_rule} rule, "
+               f"{cfg.patch}x{cfg.patch} patches of {entry['label_rule_pixel_mm']:.2f} mm pixels) would score "
+               f"this; not a bound (see README)")
 
 
 @main.command()
-@click.argument("cts", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("-m", "--model", "checkpoint", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Checkpoint from `train run`, e.g. runs/NAME/best.pt.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
-              help="Output mask file (one CT) or folder (several); format from the extension.")
+              help="A single CT: the mask file (format from the extension). Otherwise a folder: one <case>.nii.gz "
+                   "per case.")
 @click.option("--engine", type=click.Choice(["dense", "patches"]), default="dense", show_default=True,
               help="dense: exact fully convolutional rewrite; patches: literal patch extraction (reference).")
 @click.option("--skip-zero/--no-skip-zero", default=True, show_default=True,
@@ -79,7 +95,8 @@ def main() -> None:
               help="Also skip pixels outside the body (per slice: HU > -500, opening, largest component, "
                    "holes filled): they get the zero patch's class. Faster; not exact.")
 @click.option("--batch-slices", default=4, show_default=True, help="Axial slices per batch (bounds memory).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help=DEVICE_HELP)
 @click.option("--bf16", is_flag=True, help="bf16 autocast (GPU opt-in; logits then agree only approximately).")
 @click.option("--postprocess", "postprocess", type=click.Choice(["paper", "spine", "none"]), default="paper",
               show_default=True,
@@ -88,83 +105,91 @@ def main() -> None:
 @click.option("--threshold", default=0.5, show_default=True,
               help="Vertebra where the probability exceeds this (0.5: the network's argmax).")
 @click.option("--probabilities", type=click.Path(path_type=Path), default=None,
-              help="Also write the vertebra probability map (file for one CT, folder for several).")
+              help="Also write the vertebra probability map (float32, 0..1): a file for a single CT, else a folder "
+                   "of <case>_prob.nii.gz.")
 @click.option("--reference", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Reference mask per CT (repeat in the order of the CTs): prints the paper's metrics.")
+              help="Reference masks: a file per single CT (repeat in their order), or one folder of "
+                   "<case>.nii.gz (or holding labelsTr/). A CSV's mask column needs none. Prints the paper's "
+                   "metrics; into an output folder also metrics.csv and summary.json (mean and sd).")
 @click.option("--labels", default=None, metavar="SPEC", help=LABELS_HELP)
 @click.option("--tolerance-mm", default=2.0, show_default=True, help="Boundary F1 (BF) matching tolerance.")
 @click.option("--overlay", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write PNGs of a few slices with CT, reference and prediction (like the paper's Fig. 14).")
-@click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, device, bf16, postprocess, threshold,
-           probabilities, reference, labels, tolerance_mm, overlay, as_json, quiet) -> None:
-    """Segment each CT (NIfTI, MHA/MHD, NRRD or a DICOM series folder) into a vertebra mask."""
+              help="Write pictures into this folder: <case>_summary.png (sagittal and coronal views through the "
+                   "prediction's centre) and <case>/slice_ZZZZ.png (4 axial slices, like the paper's Fig. 14).")
+@click.option("--overwrite", is_flag=True,
+              help="Segment every case again, also those whose mask is already in the output folder (default: "
+                   "skip them, to resume an interrupted run).")
+@click.option("--json", "as_json", is_flag=True, help="Print each case's report as JSON (keyed by input image).")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-case timing lines.")
+def volume(inputs, checkpoint, out, engine, skip_zero, body_mask, batch_slices, device, bf16, postprocess, threshold,
+           probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json, quiet) -> None:
+    """Segment the vertebrae of each CT into a mask (uint8, 1 = vertebra) with the CT's exact geometry.
+
+    INPUT: a CT file (NIfTI, MHA/MHD, NRRD), a DICOM series folder, a folder of CTs (imagesTr/,
+    with or without the _0000 suffix, or a dataset folder holding imagesTr/), or a CSV with the
+    header image[,mask][,case] (paths relative to the CSV; the mask column gives references).
+
+    \b
+    Examples:
+      infer volume ct.nii.gz -m runs/first/best.pt -o ct_vertebrae.nii.gz
+      infer volume data/imagesTr/ -m runs/first/best.pt -o predictions/ --reference data/labelsTr/
+      infer volume cases.csv -m runs/first/best.pt -o predictions/ --overlay predictions/png/
+      infer --threads 4 volume series/ -m best.pt -o seg.nrrd --reference ref.nii.gz --labels 26-50
+
+    \b
+    Several cases (or a folder or CSV) write a folder, one <case>.nii.gz each (nnU-Net style);
+    a case whose mask is there already is skipped (resume; --overwrite redoes it) and, with
+    references, scored from that mask, so metrics.csv and summary.json cover every case.
+    """
     from tqdm import tqdm
 
-    from infer.metrics import format_table, segmentation_metrics
-    from infer.overlay import write_overlays
-    from infer.predict import load_model, pixel_warning, read_reference, segment, training_pixel_mm
-    from patchstore.io.volume import read_volume, write_mask, write_oriented
-    from patchstore.stages.patches import rule_dsc
-    from patchstore.stages.resample import plane_grid
+    from infer.batch import score_existing, segment_case
+    from infer.cases import find_cases, plan_outputs, writes_folder
+    from infer.predict import load_model, training_pixel_mm
+    from infer.report import format_summary, write_reports
+    from patchstore.console import json_text
     from train.model import pick_device
-    if reference and len(reference) != len(cts):
-        raise click.BadParameter(f"{len(reference)} --reference for {len(cts)} CTs; expected one per CT")
-    cts = list(cts)
-    if len(cts) > 1:
-        out.mkdir(parents=True, exist_ok=True)
-    outs = _outputs(cts, out)
-    probs = _outputs(cts, probabilities, tag="_prob") if probabilities else [None] * len(cts)
-    if probabilities and len(cts) > 1:
-        probabilities.mkdir(parents=True, exist_ok=True)
-    check_outputs(outs + probs, [overlay])
+    label_values = _labels(labels)
+    cases = find_cases(inputs, reference)
+    folder = writes_folder(inputs, out)
+    plans = plan_outputs(cases, out, folder, probabilities, overlay)
+    check_outputs([p.mask for p in plans] + [p.probability for p in plans], [overlay, out if folder else None])
     dev = pick_device(device)
     model, cfg = load_model(checkpoint, dev)
     trained_at = training_pixel_mm(checkpoint)
-    report = {}
-    for i, (ct, dst, prob_dst) in enumerate(zip(cts, outs, probs)):
-        vol = read_volume(ct)
-        ref = read_reference(reference[i], vol, _labels(labels)) if reference else None
-        spacing_yx = vol.geometry.spacing_zyx[1:]
-        warning = pixel_warning(cfg, trained_at, spacing_yx)
-        if warning:
-            click.echo(f"warning: {ct}: {warning}", err=True)
-        plane = vol.array.shape[1] * vol.array.shape[2]
-        with tqdm(total=vol.array.size, desc=_case_name(ct), unit="px", unit_scale=True, disable=quiet) as bar:
-            pred = segment(model, cfg, vol, postprocess_method=postprocess, threshold=threshold, engine=engine,
-                           skip_zero=skip_zero,
-                           body=body_mask, batch_slices=batch_slices, device=dev, bf16=bf16,
-                           progress=lambda slices: bar.update(slices * plane))
-        if not pred.mask.any():
-            click.echo(f"warning: {ct}: the predicted mask is empty (no pixel classified vertebra"
-                       + (" after post-processing" if pred.raw.any() else "") + ")", err=True)
-        write_mask(dst, pred.mask, vol.geometry, vol.source)
-        if prob_dst:
-            write_oriented(prob_dst, pred.probability, vol.geometry, vol.source)
-        pixels = vol.array.size
-        entry = {"output": str(dst), "seconds": round(pred.seconds, 3),
-                 "pixels_per_s": round(pixels / pred.seconds), "skipped_fraction": round(pred.skipped_fraction, 4)}
-        if not quiet and not as_json:
-            click.echo(f"{ct} -> {dst}: {pred.seconds:.1f} s, {pixels / pred.seconds:,.0f} pixels/s, "
-                       f"{pred.skipped_fraction:.1%} of pixels skipped")
-        if ref is not None:
-            sp = vol.geometry.spacing_zyx
-            entry["metrics"] = segmentation_metrics(pred.mask, ref, sp, tolerance_mm)
-            if postprocess != "none":
-                entry["metrics_raw"] = segmentation_metrics(pred.raw, ref, sp, tolerance_mm)
-            grid = plane_grid(ref.shape[1:], spacing_yx, cfg.pixel_mm)
-            entry["label_rule_DSC"] = rule_dsc(ref, cfg.patch, cfg.label_rule, grid)
-            if not as_json:
-                click.echo(format_table(entry["metrics"], title=f"{_case_name(ct)} vs {reference[i]}"))
-                click.echo(f"label-rule DSC {entry['label_rule_DSC']:.2%}: an ideal classifier of the training "
-                           f"labels ({cfg.label_rule} rule, {cfg.patch}x{cfg.patch} patches of "
-                           f"{grid.spacing[1]:.2f} mm pixels) would score this; not a bound (see README)")
-        if overlay:
-            write_overlays(overlay / _case_name(ct), vol.array, pred.mask, ref, vol.geometry.spacing_zyx)
-        report[str(ct)] = entry
+    entries = []
+    for i, (case, plan) in enumerate(zip(cases, plans), start=1):
+        if folder and plan.mask.exists() and not overwrite:
+            click.echo(f"{case.case_id}: skipped, {plan.mask} exists (an earlier run's; --overwrite segments it "
+                       f"again)", err=True)
+            entry = score_existing(case, plan, cfg, labels=label_values, tolerance_mm=tolerance_mm)
+        else:
+            with tqdm(desc=f"{i}/{len(cases)} {case.case_id}", unit="slice", disable=quiet) as bar:
+                def advance(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+                entry = segment_case(case, plan, model, cfg, labels=label_values, tolerance_mm=tolerance_mm,
+                                     trained_at=trained_at, warn=lambda s: click.echo(f"warning: {s}", err=True),
+                                     progress=advance, postprocess_method=postprocess, threshold=threshold,
+                                     engine=engine, skip_zero=skip_zero, body=body_mask, batch_slices=batch_slices,
+                                     device=dev, bf16=bf16)
+            if not quiet and not as_json:
+                click.echo(f"{case.image} -> {plan.mask}: {entry['seconds']:.1f} s, {entry['pixels_per_s']:,} "
+                           f"pixels/s, {entry['skipped_fraction']:.1%} of pixels skipped")
+        if "metrics" in entry and not as_json:
+            _print_scores(entry, cfg)
+        entries.append(entry)
+    if folder and any("metrics" in e for e in entries):
+        csv_path, json_path, summary = write_reports(out, entries)
+        if not as_json:
+            click.echo(format_summary(summary, sum("metrics" in e for e in entries)))
+            click.echo(f"per case: {csv_path}; summary: {json_path}")
+    if folder:
+        skipped = sum(e["skipped"] for e in entries)
+        click.echo(f"{out}: {len(entries)} case(s), {len(entries) - skipped} segmented, {skipped} skipped (done "
+                   f"before)", err=as_json)
     if as_json:
-        click.echo(json.dumps(report, indent=2, default=float))
+        click.echo(json_text({e["image"]: e for e in entries}, indent=2))
 
 
 @main.command()
@@ -177,7 +202,7 @@ def volume(cts, checkpoint, out, engine, skip_zero, body_mask, batch_slices, dev
               help="At most this many patches per volume: half false positives, half false negatives.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sampling (with each volume's content hash).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: the GPU when there is one.")
+              help=DEVICE_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar or per-volume lines.")
 def mine(dataset, checkpoint, out, per_volume, seed, device, quiet) -> None:
     """Hard examples: classify every pixel of the labelled volumes in DATASET (Decathlon folder or
@@ -207,14 +232,24 @@ def mine(dataset, checkpoint, out, per_volume, seed, device, quiet) -> None:
 @click.option("--labels", default=None, metavar="SPEC", help=LABELS_HELP)
 @click.option("--pred-labels", default=None, metavar="SPEC", help="Label values of PRED that mean vertebra; default nonzero.")
 @click.option("--tolerance-mm", default=2.0, show_default=True, help="Boundary F1 (BF) matching tolerance.")
-@click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON (undefined ones null, the reasons "
+                                                      "under 'undefined').")
 def evaluate(pred, ref, labels, pred_labels, tolerance_mm, as_json) -> None:
-    """Compare a predicted mask PRED with a reference REF (same grid): DSC, JAC, SEN, PRE, SPE, ACC, BF, HD95, ASSD."""
-    from infer.metrics import format_table, segmentation_metrics
+    """Compare a predicted mask PRED with a reference REF (same grid): DSC, JAC, SEN, PRE, SPE, ACC, BF, HD95, ASSD.
+
+    \b
+    Examples:
+      infer evaluate pred.nii.gz ref.nii.gz
+      infer evaluate totalseg.nii.gz verse_mask.nii.gz --pred-labels 26-50 --labels 1-25,28 --json
+    """
+    from infer.metrics import format_table, reasons_for, segmentation_metrics
     from infer.predict import read_reference
+    from patchstore.console import json_text
     from patchstore.io.volume import binarize, read_volume
     p = read_volume(pred, dtype=None)
     r = read_reference(ref, p, _labels(labels))
-    m = segmentation_metrics(binarize(p.array, _labels(pred_labels)).astype(bool), r, p.geometry.spacing_zyx,
-                             tolerance_mm)
-    click.echo(json.dumps(m, indent=2, default=float) if as_json else format_table(m, title=f"{pred} vs {ref}"))
+    mask = binarize(p.array, _labels(pred_labels)).astype(bool)
+    m = segmentation_metrics(mask, r, p.geometry.spacing_zyx, tolerance_mm)
+    why = reasons_for(mask, r)
+    click.echo(json_text({**m, "undefined": why}, indent=2) if as_json
+               else format_table(m, title=f"{pred} vs {ref}", reasons=why))

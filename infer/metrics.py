@@ -2,23 +2,26 @@
 
 Conventions (one place, used by every function below):
 
-- Voxel-count ratios (DSC, JAC, SEN, PRE, SPE, ACC) follow ``train.metrics``: ``0 / 0 = 1.0``.
-  So two empty masks score 1.0 on every overlap metric, and an empty prediction against a
-  non-empty reference scores DSC = JAC = SEN = 0.0 but PRE = 1.0 (it predicted nothing false).
+- A metric whose formula divides 0 by 0 is undefined: ``None`` here, ``null`` in JSON, "n/a" with
+  the reason in tables (``undefined_reasons``), and left out of means. So PRE = TP / (TP + FP) is
+  undefined when nothing was predicted (not 1.0: an empty prediction is no precise one), SEN
+  when the reference is empty, DSC and JAC when both masks are, SPE when the reference has no
+  background. ACC is always defined. nnU-Net's evaluation likewise gives DSC NaN for two empty masks.
 - The paper's eq. 5, "BF-score" = 2 PRE SEN / (PRE + SEN), is the harmonic mean of the voxel PRE
-  and SEN and therefore equals DSC; it is reported as ``F1_PRE_SEN_eq5`` (0.0 when PRE = SEN = 0).
+  and SEN and therefore equals DSC; it is reported as ``F1_PRE_SEN_eq5`` (0.0 when PRE = SEN = 0,
+  undefined when PRE or SEN is).
 - ``BF`` is a true boundary F1 score (MATLAB's ``bfscore`` in 3-D with anisotropic spacing).
   The boundary of a mask is the set of its voxels that have at least one of their 6 face
   neighbours outside the mask; the space outside the array counts as outside the mask, so a mask
   touching the volume edge has boundary there. Boundary precision is the fraction of predicted
   boundary voxels whose distance (between voxel centres, in mm) to the nearest reference boundary
   voxel is <= ``tolerance_mm`` (plus 1e-6 mm for rounding); recall is the same the other way
-  round; BF is their harmonic mean (0.0 when both are 0; with ``0 / 0 = 1.0`` for an empty
-  boundary, so both empty -> 1.0 and exactly one empty -> 0.0).
+  round; BF is their harmonic mean (0.0 when both are 0).
 - Surface distances are those same boundary-to-boundary distances, both directions pooled:
   HD95 is their 95th percentile (``numpy.percentile``, linear interpolation, as MedPy's ``hd95``)
   and ASSD their mean, i.e. (sum d(a, B) + sum d(b, A)) / (|A| + |B|) over boundary voxels a, b
-  (Heimann et al. 2009). Both masks empty -> 0.0 mm; exactly one empty -> ``inf``.
+  (Heimann et al. 2009). BF, HD95 and ASSD are undefined when either mask is empty: there is no
+  surface to measure from (where other tools print ``inf``).
 
 Large volumes (512 x 512 x 550) are cropped to the bounding box of ``pred | ref`` plus a one-voxel
 margin before any boundary or distance computation; the result is identical to the uncropped one
@@ -31,8 +34,6 @@ import math
 
 import numpy as np
 from scipy import ndimage
-
-from train.metrics import confusion_metrics, ratio
 
 RATIO_KEYS = ("DSC", "JAC", "SEN", "PRE", "SPE", "ACC", "F1_PRE_SEN_eq5", "BF", "F-score")
 DISTANCE_KEYS = ("HD95", "ASSD")
@@ -100,29 +101,57 @@ def harmonic_mean(a: float, b: float) -> float:
 def boundary_scores(
     d_pred: np.ndarray, d_ref: np.ndarray, tolerance_mm: float
 ) -> dict[str, float]:
-    """BF, HD95 and ASSD from the two (n,) surface-distance arrays of ``surface_distances``."""
+    """BF, HD95 and ASSD from the two non-empty (n,) surface-distance arrays of ``surface_distances``."""
+    if d_pred.size == 0 or d_ref.size == 0:
+        raise ValueError(f"surface distances of {d_pred.size} and {d_ref.size} boundary voxels; expected both "
+                         f"non-empty (BF, HD95 and ASSD are undefined for an empty mask)")
     tol = tolerance_mm + _ROUNDING_MM
-    precision = ratio(int(np.count_nonzero(d_pred <= tol)), d_pred.size)
-    recall = ratio(int(np.count_nonzero(d_ref <= tol)), d_ref.size)
-    scores = {"BF": harmonic_mean(precision, recall)}
-    if d_pred.size == 0 and d_ref.size == 0:
-        scores.update(HD95=0.0, ASSD=0.0)
-    elif d_pred.size == 0 or d_ref.size == 0:
-        scores.update(HD95=math.inf, ASSD=math.inf)
-    else:
-        both = np.concatenate([d_pred, d_ref])
-        scores.update(HD95=float(np.percentile(both, 95)), ASSD=float(both.mean()))
-    return scores
+    precision = np.count_nonzero(d_pred <= tol) / d_pred.size
+    recall = np.count_nonzero(d_ref <= tol) / d_ref.size
+    both = np.concatenate([d_pred, d_ref])
+    return {"BF": harmonic_mean(precision, recall), "HD95": float(np.percentile(both, 95)), "ASSD": float(both.mean())}
+
+
+def undefined_reasons(n_pred: int, n_ref: int, n_voxels: int) -> dict[str, str]:
+    """Metric name -> why ``segmentation_metrics`` leaves it undefined, for masks of ``n_pred`` and
+    ``n_ref`` voxels in a volume of ``n_voxels``; empty when every metric is defined."""
+    reasons = {}
+    if n_pred == 0 and n_ref == 0:
+        reasons.update(DSC="both masks are empty", JAC="both masks are empty")
+    if n_pred == 0:
+        reasons["PRE"] = "nothing was predicted"
+    if n_ref == 0:
+        reasons["SEN"] = "the reference is empty"
+    if n_ref == n_voxels:
+        reasons["SPE"] = "the reference has no background"
+    for key in ("PRE", "SEN"):
+        if key in reasons:
+            reasons.setdefault("F1_PRE_SEN_eq5", f"{key} is undefined: {reasons[key]}")
+    if n_pred == 0 or n_ref == 0:
+        empty = ("both masks are empty" if n_pred == n_ref == 0
+                 else "the prediction is empty" if n_pred == 0 else "the reference is empty")
+        for key in ("BF", "HD95", "ASSD"):
+            reasons[key] = f"{empty}: no surface to measure from"
+    return reasons
+
+
+def reasons_for(pred: np.ndarray, ref: np.ndarray) -> dict[str, str]:
+    """``undefined_reasons`` of two (Z, Y, X) bool masks."""
+    return undefined_reasons(int(np.count_nonzero(pred)), int(np.count_nonzero(ref)), int(np.asarray(pred).size))
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return None if den == 0 else num / den
 
 
 def segmentation_metrics(
     pred: np.ndarray, ref: np.ndarray, spacing, tolerance_mm: float = 2.0
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """All segmentation metrics of ``pred`` against ``ref``, both (Z, Y, X) bool, spacing (sz, sy, sx) mm.
 
     Returns floats keyed DSC, JAC, SEN, PRE, SPE, ACC, F1_PRE_SEN_eq5 (ratios in [0, 1]),
-    BF (boundary F1 within ``tolerance_mm``), HD95 and ASSD (mm). See the module docstring for the
-    boundary definition and the empty-mask conventions.
+    BF (boundary F1 within ``tolerance_mm``), HD95 and ASSD (mm); ``None`` for a metric that is
+    undefined for these masks (``undefined_reasons`` says why). See the module docstring.
     """
     spacing = check_masks(pred, ref, spacing)
     if not tolerance_mm >= 0:
@@ -136,40 +165,44 @@ def segmentation_metrics(
     fp = int(np.count_nonzero(p)) - tp
     fn = int(np.count_nonzero(r)) - tp
     tn = pred.size - tp - fp - fn
-    cm = confusion_metrics(tp=tp, fp=fp, tn=tn, fn=fn)
+    pre, sen = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     out = {
-        "DSC": cm["F-score"],  # eq. 8 is eq. 4 on voxels
-        "JAC": ratio(tp, tp + fp + fn),
-        "SEN": cm["SEN"],
-        "PRE": cm["PRE"],
-        "SPE": cm["SPE"],
-        "ACC": cm["ACC"],
-        "F1_PRE_SEN_eq5": harmonic_mean(cm["PRE"], cm["SEN"]),
+        "DSC": _ratio(2 * tp, 2 * tp + fp + fn),  # eq. 8 is eq. 4 on voxels
+        "JAC": _ratio(tp, tp + fp + fn),
+        "SEN": sen,
+        "PRE": pre,
+        "SPE": _ratio(tn, tn + fp),
+        "ACC": (tp + tn) / pred.size,
+        "F1_PRE_SEN_eq5": None if pre is None or sen is None else harmonic_mean(pre, sen),
+        "BF": None, "HD95": None, "ASSD": None,
     }
-    pb, rb = boundary(p), boundary(r)
-    if pb.any() and rb.any():
-        d_pred, d_ref = surface_distances(pb, rb, spacing)
-    else:  # at most one boundary is non-empty: its voxels have nothing to be near
-        d_pred = np.full(int(np.count_nonzero(pb)), np.inf)
-        d_ref = np.full(int(np.count_nonzero(rb)), np.inf)
-    out.update(boundary_scores(d_pred, d_ref, tolerance_mm))
+    if tp + fp and tp + fn:  # both masks non-empty: so are their boundaries
+        out.update(boundary_scores(*surface_distances(boundary(p), boundary(r), spacing), tolerance_mm))
     return out
 
 
-def format_table(metrics: dict, title: str | None = None) -> str:
-    """Aligned plain-text table: ratio metrics as percentages, HD95/ASSD in mm, others as numbers."""
+def _cell(key: str, value) -> str:
+    if key in RATIO_KEYS:
+        return f"{100.0 * float(value):8.2f} %"
+    if key in DISTANCE_KEYS:
+        return f"{float(value):8.2f} mm"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):8d}"
+    return f"{float(value):8.4g}"
+
+
+def format_table(metrics: dict, title: str | None = None, reasons: dict[str, str] | None = None) -> str:
+    """Aligned plain-text table: ratio metrics as percentages, HD95/ASSD in mm, others as numbers;
+    an undefined (None) metric as "n/a" and its reason from ``reasons``."""
     if not metrics:
         return title or ""
+    reasons = reasons or {}
     width = max(len(str(k)) for k in metrics)
     lines = [title, "-" * max(len(title), width + 13)] if title else []
     for key, value in metrics.items():
-        if key in RATIO_KEYS:
-            cell = f"{100.0 * float(value):8.2f} %"
-        elif key in DISTANCE_KEYS:
-            cell = f"{float(value):8.2f} mm"
-        elif isinstance(value, (int, np.integer)):
-            cell = f"{int(value):8d}"
+        if value is None:
+            cell = f"{'n/a':>8}" + (f"    ({reasons[key]})" if key in reasons else "")
         else:
-            cell = f"{float(value):8.4g}"
+            cell = _cell(key, value)
         lines.append(f"{str(key):<{width}}  {cell}")
     return "\n".join(lines)

@@ -78,8 +78,8 @@ def _with_paper(ctx: click.Context, paper: bool, fields: dict) -> dict:
 
 
 labels_option = click.option("--labels", default=None, metavar="SPEC",
-                             help="Mask label values that mean vertebra, e.g. 25-50 (TotalSegmentator) or "
-                                  "1,2,3; default: every nonzero value.")
+                             help="Mask label values that mean vertebra, e.g. 26-50 (TotalSegmentator v2: S1..C1, "
+                                  "without the sacrum, 25) or 1-25,28 (VerSe); default: every nonzero value.")
 
 
 @click.group(cls=ErrorGroup, user_errors=user_errors,
@@ -93,6 +93,7 @@ def main(threads: int | None) -> None:
 
     Typical use: `patchstore phantom data/ --cases 4`, `patchstore check data/`,
     `patchstore build data/ -o shards/`, `patchstore verify shards/`, then `train run shards/`.
+
     Options of the group go before the command: `patchstore --threads 2 build data/ -o shards/`.
     Progress bars written to a file or pipe (not a terminal) print one line every 30 s.
     """

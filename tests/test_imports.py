@@ -9,9 +9,10 @@ import pytest
 
 
 def _loaded(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
-                         capture_output=True, text=True, check=True).stdout.split()
-    return set(out)
+    """The modules loaded after running ``code`` (read from the last line, after any help text)."""
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print('\\nMODULES', *sys.modules)"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.rsplit("\nMODULES ", 1)[1].split())
 
 
 @pytest.mark.parametrize("cli", ["patchstore", "train", "infer"])
@@ -19,6 +20,13 @@ def test_help_does_not_import_torch_or_numba(cli):
     """`<cli> --help` answers from click alone."""
     mods = _loaded(f"from {cli}.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass")
     assert "torch" not in mods and "numba" not in mods and "h5py" not in mods
+
+
+@pytest.mark.parametrize("cli, command", [("patchstore", "build"), ("train", "run"), ("infer", "volume")])
+def test_command_help_does_not_import_torch_or_numba(cli, command):
+    """`<cli> <command> --help` (the group's callback runs first) loads no torch or numba either."""
+    mods = _loaded(f"from {cli}.cli import main\ntry:\n    main(['{command}', '--help'])\nexcept SystemExit:\n    pass")
+    assert "torch" not in mods and "numba" not in mods
 
 
 def test_inference_does_not_import_the_training_loop():

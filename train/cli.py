@@ -7,7 +7,6 @@ folder and --resume say where, not how.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,12 +33,24 @@ def user_errors() -> tuple[type[Exception], ...]:
 @click.group(cls=ErrorGroup, user_errors=user_errors,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(patchstore.__version__, prog_name="train")
-def main() -> None:
+@click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+              help="CPU threads of torch (intra-op) and numba in each process; default: the libraries' own "
+                   "(one per core).")
+def main(threads: int | None) -> None:
     """Train and evaluate the OP-convNet vertebra patch classifier on patchstore shards.
 
     Typical use: `train run shards/ -o runs/first`, then `train evaluate runs/first/best.pt test-shards/`.
     Several processes: `torchrun --nproc-per-node 2 $(which train) run shards/ -o runs/ddp`.
+
+    Options of the group go before the command: `train --threads 4 run shards/ -o runs/first`.
+    Progress bars written to a file or pipe (not a terminal) print one line every 30 s.
     """
+    from patchstore.console import set_numba_threads, throttled_stderr
+    click.get_current_context().with_resource(throttled_stderr())
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
+        set_numba_threads(threads)
 
 
 @main.command()
@@ -115,17 +126,25 @@ def run(ctx: click.Context, shards: tuple[Path, ...], out: Path | None, resume: 
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="auto: the GPU when there is one.")
 @click.option("--batch-size", default=1024, show_default=True, help="Patches per forward pass.")
 @click.option("--verify", is_flag=True, help="Rehash and read every shard first (patchstore verify).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def evaluate(checkpoint: Path, shards: Path, device: str, batch_size: int, verify: bool, as_json: bool) -> None:
-    """Patch metrics of CHECKPOINT on every patch in SHARDS (the paper's Table 2, plus SEN)."""
+    """Patch metrics of CHECKPOINT on every patch in SHARDS (the paper's Table 2, plus SEN).
+
+    \b
+    Examples:
+      train evaluate runs/first/best.pt test-shards/
+      train evaluate runs/first/best.pt test-shards/ --json > table2.json
+    """
+    from patchstore.console import json_text
     from train.loop import evaluate_checkpoint
     log = (lambda s: click.echo(s, err=True)) if as_json else click.echo
     r = evaluate_checkpoint(checkpoint, shards, device, batch_size, verify, log=log)
     if as_json:
-        click.echo(json.dumps(r, indent=2))
+        click.echo(json_text(r, indent=2))
         return
     (tn, fp), (fn, tp) = r["confusion"]
     click.echo(f"{r['patches']:,} patches ({r['counts'][0]:,} background, {r['counts'][1]:,} vertebra), "

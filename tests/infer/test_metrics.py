@@ -1,13 +1,11 @@
-"""Tests for infer.metrics: 3-D segmentation metrics and the label-rule ceiling."""
+"""Tests for infer.metrics: 3-D segmentation metrics, undefined metrics and their reasons, tables."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 
-from infer.metrics import boundary, format_table, segmentation_metrics
+from infer.metrics import boundary, format_table, reasons_for, segmentation_metrics
 
 SPACING = (2.0, 1.0, 0.5)  # (sz, sy, sx) mm
 
@@ -79,24 +77,35 @@ def test_dsc_equals_eq5_on_random_masks():
 
 
 def test_both_empty():
-    """Two empty masks: overlap metrics and BF 1.0, distances 0 mm."""
+    """Two empty masks: DSC, JAC, PRE, SEN and the surface metrics undefined (None); SPE, ACC 1.0."""
     empty = np.zeros((3, 4, 5), dtype=bool)
     m = segmentation_metrics(empty, empty, SPACING)
-    for key in ("DSC", "JAC", "SEN", "PRE", "SPE", "ACC", "F1_PRE_SEN_eq5", "BF"):
-        assert m[key] == 1.0
-    assert (m["HD95"], m["ASSD"]) == (0.0, 0.0)
+    assert {k for k, v in m.items() if v is None} == {"DSC", "JAC", "SEN", "PRE", "F1_PRE_SEN_eq5", "BF", "HD95",
+                                                      "ASSD"}
+    assert (m["SPE"], m["ACC"]) == (1.0, 1.0)
+    assert reasons_for(empty, empty)["DSC"] == "both masks are empty"
 
 
 def test_one_empty():
-    """Empty prediction: DSC, SEN, BF 0, PRE 1 (0/0), distances inf; and the reverse."""
+    """Empty prediction: DSC, SEN 0, PRE undefined (nothing predicted), distances undefined; and the reverse."""
     _, ref = cube_pair()
     empty = np.zeros_like(ref)
     m = segmentation_metrics(empty, ref, SPACING)
-    assert (m["DSC"], m["SEN"], m["PRE"], m["BF"], m["F1_PRE_SEN_eq5"]) == (0.0, 0.0, 1.0, 0.0, 0.0)
-    assert math.isinf(m["HD95"]) and math.isinf(m["ASSD"])
+    assert (m["DSC"], m["SEN"], m["PRE"], m["BF"], m["HD95"], m["ASSD"]) == (0.0, 0.0, None, None, None, None)
+    why = reasons_for(empty, ref)
+    assert why["PRE"] == "nothing was predicted" and why["HD95"].startswith("the prediction is empty")
     r = segmentation_metrics(ref, empty, SPACING)
-    assert (r["DSC"], r["SEN"], r["PRE"], r["BF"]) == (0.0, 1.0, 0.0, 0.0)
-    assert math.isinf(r["HD95"])
+    assert (r["DSC"], r["SEN"], r["PRE"], r["HD95"]) == (0.0, None, 0.0, None)
+    assert reasons_for(ref, empty)["SEN"] == "the reference is empty"
+
+
+@pytest.mark.parametrize("n_pred, n_ref", [(0, 0), (0, 27), (27, 0), (27, 27)])
+def test_reasons_name_exactly_the_undefined_metrics(n_pred, n_ref):
+    """Every None metric has a reason and every reason a None metric."""
+    pred, ref = cube_pair()
+    pred, ref = (pred if n_pred else pred & False), (ref if n_ref else ref & False)
+    m = segmentation_metrics(pred, ref, SPACING)
+    assert {k for k, v in m.items() if v is None} == set(reasons_for(pred, ref))
 
 
 def test_rejects_bad_inputs():
@@ -111,10 +120,11 @@ def test_rejects_bad_inputs():
 
 
 def test_format_table():
-    """Ratios print as percentages, distances in mm, values right-aligned in one column."""
-    text = format_table({"DSC": 2 / 3, "HD95": 2.0, "ASSD": math.inf}, title="case 1")
+    """Ratios print as percentages, distances in mm, an undefined metric as n/a with its reason."""
+    text = format_table({"DSC": 2 / 3, "HD95": 2.0, "ASSD": None}, title="case 1",
+                        reasons={"ASSD": "the prediction is empty: no surface to measure from"})
     lines = text.splitlines()
     assert lines[0] == "case 1"
     assert lines[2] == "DSC      66.67 %"
     assert lines[3] == "HD95      2.00 mm"
-    assert lines[4] == "ASSD       inf mm"
+    assert lines[4] == "ASSD       n/a    (the prediction is empty: no surface to measure from)"

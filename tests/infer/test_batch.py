@@ -1,0 +1,110 @@
+"""`infer volume` over folders and CSVs: one mask per case, resume, metrics.csv / summary.json, pictures."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from matplotlib.image import imread
+
+from infer.cli import main
+from patchstore.io.volume import write_volume
+from tests.builders import lps_geometry, write_checkpoint
+from train.model import OPConvNet
+
+SHAPE = (1, 30, 26)  # one slice: dense inference is the slow part
+
+
+def _strict(text: str):
+    """json.loads that refuses NaN and Infinity."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def _case(root: Path, name: str, rng, bone: bool = True) -> tuple[Path, Path]:
+    """imagesTr/<name>_0000.nii.gz (soft tissue with a bone block) and labelsTr/<name>.nii.gz (the block)."""
+    hu = rng.normal(40, 30, SHAPE).astype(np.int16)
+    hu[:, 8:20, 6:18] = 800 if bone else 40  # no bone: every patch is zero after windowing (skipped, fast)
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[:, 8:20, 6:18] = 1
+    g = lps_geometry(SHAPE)
+    return (write_volume(root / "imagesTr" / f"{name}_0000.nii.gz", hu, g),
+            write_volume(root / "labelsTr" / f"{name}.nii.gz", ref, g))
+
+
+@pytest.fixture
+def dataset(tmp_path, rng) -> Path:
+    for name in ("c0", "c1"):
+        _case(tmp_path / "data", name, rng)
+    return tmp_path / "data"
+
+
+def test_folder_in_folder_out_with_metrics_and_resume(tmp_path, dataset):
+    """A dataset folder writes <case>.nii.gz, metrics.csv (cases, mean, std, n) and summary.json; run again,
+    every case is skipped, said so, and still scored."""
+    args = ["volume", str(dataset), "-m", str(write_checkpoint(tmp_path / "m.pt")), "-o", str(tmp_path / "out"),
+            "--reference", str(dataset / "labelsTr"), "--overlay", str(tmp_path / "png"), "--quiet"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["c0.nii.gz", "c1.nii.gz", "metrics.csv",
+                                                                    "summary.json"]
+    rows = list(csv.DictReader((tmp_path / "out" / "metrics.csv").open()))
+    assert [r["case"] for r in rows] == ["c0", "c1", "mean", "std", "n"]
+    assert imread(tmp_path / "png" / "c0_summary.png").shape[1] == 1000
+    assert len(list((tmp_path / "png" / "c1").glob("slice_*.png"))) >= 1
+    written = (tmp_path / "out" / "c0.nii.gz").stat().st_mtime_ns
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert "c0: skipped" in again.output and "2 case(s), 0 segmented, 2 skipped" in again.output
+    assert (tmp_path / "out" / "c0.nii.gz").stat().st_mtime_ns == written
+    summary = _strict((tmp_path / "out" / "summary.json").read_text())
+    assert [e["case"] for e in summary["metric_per_case"]] == ["c0", "c1"] and summary["n"]["DSC"] == 2
+
+
+def test_csv_mask_column_scores_and_empty_prediction_is_na(tmp_path, rng):
+    """A CSV's mask column gives references; a model that predicts nothing gets PRE and HD95 as n/a with the
+    reason in the table, null in the JSON (which any parser reads)."""
+    image, mask = _case(tmp_path, "c0", rng, bone=False)
+    (tmp_path / "cases.csv").write_text(f"image,mask\n{image.relative_to(tmp_path)},{mask.relative_to(tmp_path)}\n")
+    state = OPConvNet().state_dict()
+    state["fc3.bias"] = torch.tensor([1e4, 0.0])  # background always wins: an empty mask
+    model = write_checkpoint(tmp_path / "empty.pt", model=state)
+    args = ["volume", str(tmp_path / "cases.csv"), "-m", str(model), "-o", str(tmp_path / "out"), "--quiet"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "the predicted mask is empty" in res.output
+    assert "PRE                  n/a    (nothing was predicted)" in res.output
+    assert "HD95                 n/a    (the prediction is empty: no surface to measure from)" in res.output
+    res = CliRunner().invoke(main, [*args, "--json", "--overwrite"])
+    entry = _strict(res.stdout)[str(image)]
+    assert entry["metrics"]["PRE"] is None and entry["undefined"]["PRE"] == "nothing was predicted"
+    assert entry["metrics"]["DSC"] == 0.0
+
+
+def test_single_ct_with_reference_keeps_a_file_output_and_writes_no_summary(tmp_path, rng):
+    """One CT and -o pred.nii.gz: the mask file only (no metrics.csv beside it), the metrics printed, and the
+    progress bar (stderr is no terminal here) as whole lines, without carriage returns."""
+    image, mask = _case(tmp_path / "d", "c0", rng)
+    res = CliRunner().invoke(main, ["volume", str(image), "-m", str(write_checkpoint(tmp_path / "m.pt")),
+                                    "-o", str(tmp_path / "out" / "pred.nii.gz"), "--reference", str(mask)])
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["pred.nii.gz"]
+    assert "c0 vs " in res.output and "label-rule DSC" in res.output
+    assert "1/1 c0: 100%" in res.stderr and "\r" not in res.stderr
+
+
+def test_evaluate_json_has_null_and_the_reason_for_undefined_metrics(tmp_path):
+    """`infer evaluate --json` of an empty prediction: HD95 null (strict JSON), the reason under 'undefined'."""
+    g = lps_geometry(SHAPE)
+    ref = np.zeros(SHAPE, np.uint8)
+    ref[:, 5:9, 5:9] = 1
+    pred = write_volume(tmp_path / "pred.nii.gz", np.zeros(SHAPE, np.uint8), g)
+    res = CliRunner().invoke(main, ["evaluate", str(pred), str(write_volume(tmp_path / "ref.nii.gz", ref, g)), "--json"])
+    report = _strict(res.output)
+    assert report["HD95"] is None and report["undefined"]["HD95"].startswith("the prediction is empty")
