@@ -36,7 +36,7 @@ def score(mask: np.ndarray, ref: np.ndarray, spacing_zyx, cfg: BuildConfig, tole
 
 def segment_case(case: Case, outputs: CaseOutputs, model, cfg: BuildConfig, *, labels: tuple[int, ...],
                  tolerance_mm: float, trained_at: tuple[float, float] | None, warn: Callable[[str], None],
-                 progress: Callable[[int, int], None] | None = None, postprocess_method: str = "paper",
+                 progress: Callable[[int, int], None] | None = None, postprocess_method: str = "spine",
                  threshold: float = 0.5, **engine_options) -> dict:
     """Segment ``case`` with ``model`` (``engine_options`` as ``infer.predict.segment`` takes them),
     write ``outputs`` and return the report entry; ``progress(done, total)`` counts axial slices."""

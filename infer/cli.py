@@ -98,7 +98,7 @@ def _print_scores(entry: dict, cfg) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
 @click.option("--bf16", is_flag=True, help="bf16 autocast (GPU opt-in; logits then agree only approximately).")
-@click.option("--postprocess", "postprocess", type=click.Choice(["paper", "spine", "none"]), default="paper",
+@click.option("--postprocess", "postprocess", type=click.Choice(["paper", "spine", "none"]), default="spine",
               show_default=True,
               help="paper: opening, hole filling, large 3-D components (the paper's final step); spine: also keep "
                    "only what lies along the spine (drops ribs, scapulae, vessels); none: the raw classification.")

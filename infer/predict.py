@@ -127,7 +127,7 @@ def grid_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, grid: P
             yield z0, p, int((~need).sum()) if need is not None else 0
 
 
-def segment(model: OPConvNet, cfg: BuildConfig, volume: Volume, *, postprocess_method: str = "paper",
+def segment(model: OPConvNet, cfg: BuildConfig, volume: Volume, *, postprocess_method: str = "spine",
             threshold: float = 0.5, **engine_options) -> Prediction:
     """Classify every pixel of every axial slice of ``volume`` and post-process the mask."""
     t0 = time.perf_counter()

@@ -19,7 +19,6 @@ No click here: the console scripts call these; the libraries never do.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import re
@@ -27,6 +26,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from patchstore.files import json_text  # noqa: F401  (the CLIs' JSON)
 
 LOG_INTERVAL_S = 30.0
 # A bar at position n > 0 moves down with "\n" * n, draws, and moves back up with ESC [ A.
@@ -128,22 +129,3 @@ def throttled_stderr(interval: float = LOG_INTERVAL_S) -> Iterator[None]:
     finally:
         sys.stderr = original
         log.close()
-
-
-def _finite(data):
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_finite(v) for v in data]
-    return data
-
-
-def json_text(data, **dumps_options) -> str:
-    """``json.dumps(data)`` with every NaN / inf float as null (numbers NumPy gives become floats)."""
-    def number(value):
-        if hasattr(value, "item"):  # numpy scalars
-            return _finite(value.item())
-        raise TypeError(f"{type(value).__name__} {value!r} is not JSON serializable")
-    return json.dumps(_finite(data), allow_nan=False, default=number, **dumps_options)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -143,9 +144,28 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def _finite(data):
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+def json_text(data, **dumps_options) -> str:
+    """``json.dumps(data)`` with every NaN / inf float as null (numbers NumPy gives become floats)."""
+    def number(value):
+        if hasattr(value, "item"):  # numpy scalars
+            return _finite(value.item())
+        raise TypeError(f"{type(value).__name__} {value!r} is not JSON serializable")
+    return json.dumps(_finite(data), allow_nan=False, default=number, **dumps_options)
+
+
 def write_json_atomic(path: str | os.PathLike, data) -> Path:
-    """JSON with sorted keys, two-space indent and a final newline, written atomically."""
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """JSON with sorted keys, two-space indent and a final newline (NaN and inf as null), atomically."""
+    return write_text_atomic(path, json_text(data, indent=2, sort_keys=True) + "\n")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -236,7 +236,7 @@ def main() -> None:
             m = r["cases"][c]
             cells.append(f"| {fmt(m['DSC'])} {fmt(m['SEN'])} {fmt(m['PRE'])} {fmt(m['HD95'], False):>6} "
                          f"{fmt(m['rule_DSC'])}    ")
-        mean = np.mean([r["cases"][c]["DSC"] for c in cases])
+        mean = np.mean([r["cases"][c]["DSC"] or 0.0 for c in cases])  # undefined (both empty): never here
         print(f"{r['row']:<14}" + "".join(cells) + f"| {mean:.3f}")
     (args.out / "table.json").write_text(json.dumps(results, indent=2, default=float))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import patchstore
-from patchstore.files import write_json_atomic
+from patchstore.files import json_text, write_json_atomic, write_text_atomic
 from train.checkpoint import CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint, set_rng_state
 from train.config import RESUMABLE_CHANGES, TrainConfig
 from train.data import PatchSet, split_record
@@ -95,7 +95,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def write_json_lines(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(path, "".join(json_text(r) + "\n" for r in rows))
 
 
 def save_epoch(run_dir: Path, row: dict, state: dict, model, optimizer, scheduler, cfg: TrainConfig,
@@ -105,7 +105,7 @@ def save_epoch(run_dir: Path, row: dict, state: dict, model, optimizer, schedule
     rng: the RNG record stored in the checkpoint (``train.loop.rng_record``).
     """
     with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(json_text(row) + "\n")
     best = min(state["best_val_loss"], row["val_loss"])
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "epoch": row["epoch"], "best_val_loss": best, "val_loss": row["val_loss"], "config": cfg.to_dict(),
