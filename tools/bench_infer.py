@@ -24,10 +24,11 @@ import torch
 
 from infer.dense import DenseOPConvNet, dense_macs_per_pixel, patch_nonzero
 from infer.patch_engine import patch_logits, patch_macs_per_pixel
-from infer.predict import body_mask
+from infer.postprocess import body_mask
 from patchstore.config import BuildConfig
 from patchstore.memory import keep_freed_memory
 from patchstore.stages.preprocess import preprocess, to_unit
+from patchstore.stages.resample import plane_grid, to_grid_image
 from train.model import OPConvNet
 
 
@@ -38,9 +39,13 @@ def load_hu(path: str, n: int) -> np.ndarray:
     return hu[z0 : z0 + n].astype(np.float32)
 
 
-def load_slices(path: str, n: int) -> torch.Tensor:
-    """n axial slices around the middle of a CT in HU -> (n, H, W) float32 network input."""
-    unit = to_unit(preprocess(load_hu(path, n), BuildConfig.paper()))
+def load_slices(path: str, n: int, pixel_mm: float | None = None) -> torch.Tensor:
+    """n axial slices around the middle of a CT in HU -> (n, H, W) float32 network input, on the
+    working grid of ``pixel_mm`` (None: native pixels)."""
+    hu = load_hu(path, n)
+    spacing = sitk.ReadImage(path).GetSpacing()[1::-1]
+    hu = to_grid_image(plane_grid(hu.shape[1:], spacing, pixel_mm), hu)
+    unit = to_unit(preprocess(hu, BuildConfig.paper()))
     return torch.from_numpy(np.ascontiguousarray(unit))
 
 
@@ -69,11 +74,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--band-rows", type=int, default=16)
     ap.add_argument("--tile-cols", type=int, default=32)
+    ap.add_argument("--pixel-mm", type=float, default=None,
+                    help="classify the slices resampled to this pixel size (as a checkpoint built with "
+                         "--pixel-mm does); default: native pixels")
     ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc settings")
     args = ap.parse_args()
     tuned = not args.default_malloc and keep_freed_memory()
 
-    x = load_slices(args.ct, args.slices)
+    x = load_slices(args.ct, args.slices, args.pixel_mm)
     n_s, h, w = x.shape
     px = n_s * h * w
     model = OPConvNet().eval()
@@ -90,6 +98,8 @@ def main() -> None:
     t_dense = best_time(lambda: dense(x), args.repeats)
     t_dense_skip = best_time(lambda: dense(x, patch_nonzero(x)), args.repeats)
     hu = load_hu(args.ct, args.slices)
+    if args.pixel_mm is not None:
+        hu = to_grid_image(plane_grid(hu.shape[1:], sitk.ReadImage(args.ct).GetSpacing()[1::-1], args.pixel_mm), hu)
     n_body = int((need & torch.from_numpy(body_mask(hu))).sum())
     t_body = best_time(lambda: dense(x, patch_nonzero(x) & torch.from_numpy(body_mask(hu))), args.repeats)
 
