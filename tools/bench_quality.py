@@ -239,19 +239,23 @@ def main() -> None:
         args.phantoms = 0
     data = prepare_data(args, args.out / "data")
     results = [run_row(r, ROWS[r], args, data, args.out) for r in rows]
+    print(markdown_table(results))
+    (args.out / "table.json").write_text(json.dumps(results, indent=2, default=float))
+
+
+def markdown_table(results: list[dict]) -> str:
+    """One row per recipe: per test case DSC, SEN, PRE, HD95 (mm), label-rule DSC; the mean DSC."""
     cases = list(results[0]["cases"])
-    head = f"{'recipe':<14}" + "".join(f"| {c:<38}" for c in cases) + "| mean DSC"
-    print(head)
-    print(f"{'':<14}" + "| DSC   SEN   PRE   HD95mm rule-DSC  " * len(cases))
+    head = "| recipe | " + " | ".join(f"{c} DSC | SEN | PRE | HD95 mm | rule DSC" for c in cases) + " | mean DSC |"
+    lines = [head, "|---" * (2 + 5 * len(cases)) + "|"]
     for r in results:
         cells = []
         for c in cases:
             m = r["cases"][c]
-            cells.append(f"| {fmt(m['DSC'])} {fmt(m['SEN'])} {fmt(m['PRE'])} {fmt(m['HD95'], False):>6} "
-                         f"{fmt(m['rule_DSC'])}    ")
+            cells += [fmt(m["DSC"]), fmt(m["SEN"]), fmt(m["PRE"]), fmt(m["HD95"], False), fmt(m["rule_DSC"])]
         mean = np.mean([r["cases"][c]["DSC"] or 0.0 for c in cases])  # undefined (both empty): never here
-        print(f"{r['row']:<14}" + "".join(cells) + f"| {mean:.3f}")
-    (args.out / "table.json").write_text(json.dumps(results, indent=2, default=float))
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {mean:.3f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
