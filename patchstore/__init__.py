@@ -3,16 +3,18 @@
     patchstore/
       io/        reading and checking CT + masks: volume, geometry, discover, check, integrity
                  (what ITK reads silently wrong: cut-off files, NIfTI pixdim 0 and NaN)
-      stages/    the build's steps, each a function: preprocess, augment, patches, balance,
+      stages/    the build's steps, each a function: resample (to the build's pixel size),
+                 preprocess, augment (views, intensity), patches (grid, label rules), balance,
                  pipeline (one volume through them all), kernels (numba)
       store/     the shard format: shard (HDF5 writer / reader), manifest, shardset (bulk
                  reading for training), verify, merge, info
-      phantom/   synthetic spine CT: generate, anatomy, tissue
+      phantom/   synthetic spine CT: generate, anatomy, organs, contrast (phases), tissue
       build.py   dataset -> shard folder (orchestrates io, stages and store); output.py which
                  files of the folder are its shards; lock.py one writer per folder; workers.py
                  worker processes that end with the build
       config.py  BuildConfig; files.py atomic writes, hashes, names confined to their folder;
-                 cli.py the console script; cli_errors.py one-line errors for all three scripts
+                 cli.py the console script; cli_errors.py one-line errors and console.py
+                 (--threads, progress in logs, strict JSON) for all three scripts
 
 Public API::
 

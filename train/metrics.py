@@ -3,8 +3,9 @@
 Convention for an empty denominator: every ratio here is ``num / den`` with ``num <= den``, so a
 zero denominator means ``0 / 0``, i.e. there was nothing to find and nothing was found. We define
 ``0 / 0 = 1.0`` (vacuously perfect), everywhere, so that e.g. PRE of a classifier that predicts
-no positive at all is 1.0 while its SEN (if positives existed) is 0.0 and its F-score is 0.0.
-The same rule is used by ``infer.metrics`` for the segmentation metrics.
+no positive at all is 1.0 while its SEN (if positives existed) is 0.0 and its F-score is 0.0
+(the paper's Table 2 convention; training warns when a side of the split holds one class).
+``infer.metrics`` instead reports such segmentation metrics as undefined (None, "n/a").
 """
 
 from __future__ import annotations
