@@ -97,7 +97,7 @@ def folder_cases(folder: Path) -> list[Case]:
 def csv_cases(path: Path) -> list[Case]:
     """Cases of a CSV with a header ``image[,mask][,case]``; paths are relative to the CSV."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
             f.seek(0)
             header = [c.strip() for c in next(csv.reader(f), [])]

@@ -140,7 +140,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = "", fsync: bool = True) 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 

@@ -63,7 +63,7 @@ def test_full_disk_gives_one_clear_line_and_keeps_earlier_shards(tmp_path, small
     ballast = small_disk / "ballast"
     ballast.write_bytes(b"\0" * (2 * 2**20 - 450 * 2**10))  # about 450 kB left
     out = small_disk / "shards"
-    args = [*CLI, "build", str(data), "-o", str(out), "--no-rus", "--quiet", "--workers", str(workers)]
+    args = [*CLI, "build", str(data), "-o", str(out), "--paper", "--no-rus", "--quiet", "--workers", str(workers)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, (done.returncode, done.stderr)
     assert "disk full" in done.stderr and "run the same command to resume" in done.stderr

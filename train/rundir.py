@@ -37,7 +37,7 @@ def check_new_run_dir(run_dir: Path) -> None:
     if not present:
         return
     try:
-        ours = {"config", "versions"} <= json.loads((run_dir / "config.json").read_text()).keys()
+        ours = {"config", "versions"} <= json.loads((run_dir / "config.json").read_text(encoding="utf-8")).keys()
     except (OSError, ValueError, AttributeError):
         ours = False
     if not ours:  # a run stopped before its first checkpoint has our config.json: start it again
@@ -84,14 +84,14 @@ def reopen_run_dir(run_dir: Path, epoch: int, cfg: TrainConfig) -> None:
     remove_stale_temps(run_dir)
     rows = read_metrics(run_dir)
     write_json_lines(run_dir / "metrics.jsonl", [r for r in rows if r["epoch"] <= epoch])
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     config["resumed_after_epochs"] = config.get("resumed_after_epochs", []) + [epoch]
     write_json_atomic(run_dir / "config.json", {**config, "config": cfg.to_dict(), "versions": versions()})
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line] if path.exists() else []
 
 
 def write_json_lines(path: Path, rows: list[dict]) -> None:
@@ -104,7 +104,7 @@ def save_epoch(run_dir: Path, row: dict, state: dict, model, optimizer, schedule
 
     rng: the RNG record stored in the checkpoint (``train.loop.rng_record``).
     """
-    with open(run_dir / "metrics.jsonl", "a") as f:
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write(json_text(row) + "\n")
     best = min(state["best_val_loss"], row["val_loss"])
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

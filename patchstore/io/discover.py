@@ -87,7 +87,7 @@ def discover_folder(root: Path) -> list[CasePaths]:
 
 def discover_csv(path: Path) -> list[CasePaths]:
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             fields = [c.strip() for c in (reader.fieldnames or [])]
             if "image" not in fields or "mask" not in fields:

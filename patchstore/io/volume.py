@@ -250,7 +250,7 @@ def write_volume(path: str | os.PathLike, array_zyx: np.ndarray, geometry: Geome
         if suffix == ".mhd":  # header + raw pair: the header names the raw file; rename raw first
             raw_tmp, raw = tmp.with_suffix(".zraw"), path.with_suffix(".zraw")
             try:
-                tmp.write_text(tmp.read_text().replace(raw_tmp.name, raw.name))
+                tmp.write_text(tmp.read_text(encoding="utf-8").replace(raw_tmp.name, raw.name), encoding="utf-8")
                 os.replace(raw_tmp, raw)
             finally:
                 raw_tmp.unlink(missing_ok=True)

@@ -53,7 +53,7 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         raise ShardError(f"{folder}: no {MANIFEST}; expected a shard folder written by `patchstore build` "
                          f"(an interrupted build writes it only at the end: run the build again to resume)")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ShardError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(manifest, dict):
