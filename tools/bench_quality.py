@@ -139,15 +139,28 @@ def train_row(folder: Path, recipe: dict, args, data: dict) -> Path:
     if "base" not in recipe:
         run(["patchstore", "build", str(data["csv"][recipe["data"]]), "-o", str(folder / "shards"), "--quiet",
              "--workers", "2", "--seed", str(args.seed), *recipe["build"]], log)
-        run(["train", "run", str(folder / "shards"), "-o", str(folder / "run"), *train_args], log)
+        train_run([folder / "shards"], folder / "run", train_args, args, log)
     elif not (first / "run" / "best.pt").exists():
         sys.exit(f"row {folder.name} starts from row {recipe['base']}: run that row first")
     if not recipe["mine"]:
         return folder / "run" / "best.pt"
-    run(["infer", "mine", str(data["csv"][recipe["data"]]), "-m", str(first / "run" / "best.pt"),
-         "-o", str(folder / "mined"), "--quiet"], log)
-    run(["train", "run", str(first / "shards"), str(folder / "mined"), "-o", str(folder / "run2"), *train_args], log)
+    if not (args.resume and (folder / "mined" / "manifest.json").exists()):
+        run(["infer", "mine", str(data["csv"][recipe["data"]]), "-m", str(first / "run" / "best.pt"),
+             "-o", str(folder / "mined"), "--quiet"], log)
+    train_run([first / "shards", folder / "mined"], folder / "run2", train_args, args, log)
     return folder / "run2" / "best.pt"
+
+
+def train_run(shards: list[Path], run_dir: Path, train_args: list[str], args, log: Path) -> None:
+    """`train run`; with --resume, an interrupted run goes on from its last epoch (the runs are
+    deterministic, so this ends in the weights an uninterrupted run gives) and a finished one is kept."""
+    metrics = run_dir / "metrics.jsonl"
+    if args.resume and (run_dir / "last.pt").exists():
+        if len(metrics.read_text().splitlines()) >= args.epochs:
+            return
+        run(["train", "run", *map(str, shards), "--resume", str(run_dir), *train_args], log)
+    else:
+        run(["train", "run", *map(str, shards), "-o", str(run_dir), *train_args], log)
 
 
 def infer_case(folder: Path, model: Path, image: Path, log: Path) -> dict:
@@ -186,8 +199,9 @@ def run_row(name: str, recipe: dict, args, data: dict, out: Path) -> dict:
     folder = out / source
     t_train = None
     if source == name:
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        if not args.resume:
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         model = train_row(folder, recipe, args, data)
         t_train = time.perf_counter() - t0
@@ -229,6 +243,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--lr-step", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="go on with an interrupted row (its shards, runs and mined patches kept) instead of redoing it")
     args = p.parse_args()
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
