@@ -97,7 +97,10 @@ def _print_scores(entry: dict, cfg) -> None:
 @click.option("--batch-slices", default=4, show_default=True, help="Axial slices per batch (bounds memory).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
-@click.option("--bf16", is_flag=True, help="bf16 autocast (GPU opt-in; logits then agree only approximately).")
+@click.option("--bf16", is_flag=True,
+              help="GPU only: the dense engine in bfloat16 (the patch engine under autocast); logits then agree only "
+                   "approximately.")
+@click.option("--tf32", is_flag=True, help="GPU only: TF32 matmuls and convolutions (faster, approximate).")
 @click.option("--postprocess", "postprocess", type=click.Choice(["paper", "spine", "none"]), default="spine",
               show_default=True,
               help="paper: opening, hole filling, large 3-D components (the paper's final step); spine: also keep "
@@ -121,8 +124,8 @@ def _print_scores(entry: dict, cfg) -> None:
                    "skip them, to resume an interrupted run).")
 @click.option("--json", "as_json", is_flag=True, help="Print each case's report as JSON (keyed by input image).")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-case timing lines.")
-def volume(inputs, checkpoint, out, engine, skip_zero, body_mask, batch_slices, device, bf16, postprocess, threshold,
-           probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json, quiet) -> None:
+def volume(inputs, checkpoint, out, engine, skip_zero, body_mask, batch_slices, device, bf16, tf32, postprocess,
+           threshold, probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json, quiet) -> None:
     """Segment the vertebrae of each CT into a mask (uint8, 1 = vertebra) with the CT's exact geometry.
 
     INPUT: a CT file (NIfTI, MHA/MHD, NRRD), a DICOM series folder, a folder of CTs (imagesTr/,
@@ -150,11 +153,14 @@ def volume(inputs, checkpoint, out, engine, skip_zero, body_mask, batch_slices, 
     from patchstore.console import json_text
     from train.model import pick_device
     label_values = _labels(labels)
+    dev = pick_device(device)
+    if (bf16 or tf32) and dev.type != "cuda":
+        raise click.BadParameter(f"{'--bf16' if bf16 else '--tf32'} is for GPUs only; the device is {dev}",
+                                 param_hint="--bf16" if bf16 else "--tf32")
     cases = find_cases(inputs, reference)
     folder = writes_folder(inputs, out)
     plans = plan_outputs(cases, out, folder, probabilities, overlay)
     check_outputs([p.mask for p in plans] + [p.probability for p in plans], [overlay, out if folder else None])
-    dev = pick_device(device)
     model, cfg = load_model(checkpoint, dev)
     trained_at = training_pixel_mm(checkpoint)
     entries = []
@@ -172,7 +178,7 @@ def volume(inputs, checkpoint, out, engine, skip_zero, body_mask, batch_slices, 
                                      trained_at=trained_at, warn=lambda s: click.echo(f"warning: {s}", err=True),
                                      progress=advance, postprocess_method=postprocess, threshold=threshold,
                                      engine=engine, skip_zero=skip_zero, body=body_mask, batch_slices=batch_slices,
-                                     device=dev, bf16=bf16)
+                                     device=dev, bf16=bf16, tf32=tf32)
             if not quiet and not as_json:
                 click.echo(f"{case.image} -> {plan.mask}: {entry['seconds']:.1f} s, {entry['pixels_per_s']:,} "
                            f"pixels/s, {entry['skipped_fraction']:.1%} of pixels skipped")

@@ -10,17 +10,21 @@ Skip mode (a ``need`` mask): pixel p reads P2 only at p + 4(k, l), k, l in 0..2,
 only at those positions of needed pixels (one GEMM per row run), conv1..pool2 only on the column
 runs of such positions per stage-1 band, conv3 + pool3 only on the column runs of needed pixels per
 band and fc only on needed pixels. Exact: uncomputed positions reach only discarded pixels.
+The bookkeeping (runs, row ranges, pixel indices) is NumPy on the host, on a need mask read from
+the device at most once per call, so a GPU is never waited for per band or tile.
 
 Memory: everything is pixel-major (channels last) and processed in bands of ``band_rows`` output
-rows; per slice only P2 ((H+8) x (W+8) x 128 float32, 139 MB at 512x512) is kept whole. Band
-buffers are allocated once and reused (glibc malloc turns repeated large temporaries into mmap /
-page-fault storms); the oneDNN conv temporaries of stage 1 stay below glibc's 32 MB mmap limit
-for 512-wide slices. Running with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=-1 is an alternative.
+rows (defaults by device: ``band_sizes``); per slice only P2 ((H+8) x (W+8) x 128 float32, 139 MB
+at 512x512) is kept whole. Band buffers are allocated once and reused (glibc malloc turns repeated
+large temporaries into mmap / page-fault storms); the oneDNN conv temporaries of stage 1 stay below
+glibc's 32 MB mmap limit for 512-wide slices. Running with MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=-1 is an alternative.
 
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,16 +33,17 @@ from infer.dense_layers import GRID, HALO, TAPS, col_runs, conv3_pool3, row_runs
 from infer.patch_engine import (
     PAD_BEFORE,
     check_slices,
-    fp32_precision,
     pad_slices,
     patch_logits,
     patch_macs_per_pixel,
     zero_patch_logits,
 )
-from train.model import PATCH, OPConvNet
+from train.model import PATCH, OPConvNet, fp32_precision
 
 __all__ = [
+    "BAND_SIZES",
     "DenseOPConvNet",
+    "band_sizes",
     "classify_slices",
     "dense_macs_per_pixel",
     "patch_macs_per_pixel",
@@ -78,24 +83,54 @@ def _check_architecture(model: OPConvNet) -> None:
         )
 
 
+BAND_SIZES = {"cpu": (16, 32, 64), "cuda": (128, 512, 256)}  # (band_rows, tile_cols, stage1_rows)
+
+
+def band_sizes(device: torch.device | str) -> tuple[int, int, int]:
+    """Default (band_rows, tile_cols, stage1_rows) for a device.
+
+    CPU: small bands and 32-column tiles keep a tile's workspaces in cache (2x faster than 512
+    columns on a 2-core CPU). CUDA: large bands, so a 512x512 slice is ~800 kernel launches with
+    the zero-skip (~125 without) instead of ~6,000; about 3 GB of fp32 workspaces at 512 columns.
+    The logits do not depend on them.
+    """
+    return BAND_SIZES["cuda" if torch.device(device).type == "cuda" else "cpu"]
+
+
+def host_mask(need: torch.Tensor) -> np.ndarray:
+    """(…) bool tensor -> NumPy bool array on the host: the engine's one read of device data."""
+    return need.numpy() if need.device.type == "cpu" else need.to("cpu").numpy()
+
+
+def to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array as a tensor on ``device``; to a GPU through pinned memory without waiting."""
+    t = torch.from_numpy(a)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
 class DenseOPConvNet(nn.Module):
     """Exact stride-1 rewrite of a trained OPConvNet: (B, H, W) slices -> (B, 2, H, W) logits.
 
     band_rows: output rows per band (>= 8; memory ~ band_rows * W * 55 KB at float32).
-    stage1_rows: P2 rows per conv1..pool2 band. tile_cols: columns per conv3 shift-add tile (32
-    keeps a tile's workspaces in cache: 2x faster than 512 on a 2-core CPU). dtype: compute dtype (bfloat16 is meant for GPU;
-    results are then approximate). allow_tf32: let CUDA use TF32 (approximate); off by default.
+    stage1_rows: P2 rows per conv1..pool2 band. tile_cols: columns per conv3 shift-add tile.
+    None: ``band_sizes`` of the slices' device. The logits do not depend on the three.
+    dtype: the engine's dtype: weights, workspaces and every GEMM (torch.bfloat16: results then
+    approximate; meant for GPUs); logits are returned as float32. tf32: let CUDA use TF32
+    (approximate); off by default.
     """
 
-    def __init__(self, model: OPConvNet, *, band_rows: int = 16, stage1_rows: int = 64, tile_cols: int = 32,
-                 dtype: torch.dtype = torch.float32, allow_tf32: bool = False) -> None:
+    def __init__(self, model: OPConvNet, *, band_rows: int | None = None, stage1_rows: int | None = None,
+                 tile_cols: int | None = None, dtype: torch.dtype = torch.float32, tf32: bool = False) -> None:
         super().__init__()
         _check_architecture(model)
-        if band_rows < GRID or stage1_rows < 1 or tile_cols < 1:
-            raise ValueError(f"band_rows must be >= {GRID}, stage1_rows and tile_cols >= 1; got "
-                             f"{band_rows}, {stage1_rows}, {tile_cols}")
+        given = {"band_rows": (band_rows, GRID), "stage1_rows": (stage1_rows, 1), "tile_cols": (tile_cols, 1)}
+        for name, (value, least) in given.items():
+            if value is not None and (not isinstance(value, int) or value < least):
+                raise ValueError(f"{name} is {value!r}; expected an integer >= {least} (or None: the device's default)")
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype is {dtype}; expected torch.float32, torch.bfloat16 or torch.float16")
         self.band_rows, self.stage1_rows, self.tile_cols = band_rows, stage1_rows, tile_cols
-        self.dtype, self.allow_tf32 = dtype, allow_tf32
+        self.dtype, self.tf32 = dtype, tf32
         g = lambda x: x.detach().to(dtype).clone()  # noqa: E731
         cl = torch.channels_last
         self.register_buffer("w1", g(model.conv1.weight.reshape(model.conv1.out_channels, -1).t()))
@@ -117,7 +152,13 @@ class DenseOPConvNet(nn.Module):
         self.register_buffer("bf3", g(model.fc3.bias))
         self.register_buffer("zero", zero_patch_logits(model))
         self._ws: dict[str, torch.Tensor] = {}
-        self._have: torch.Tensor | None = None  # (band_rows+8, W+8) bool: T positions in "t"
+        self._have: np.ndarray | None = None  # (band_rows+8, W+8) bool: T positions in "t"
+        self._sizes = BAND_SIZES["cpu"]  # (band_rows, tile_cols, stage1_rows) of the running call
+
+    def sizes(self, device: torch.device | str) -> tuple[int, int, int]:
+        """(band_rows, tile_cols, stage1_rows) used on ``device``: the given ones, else its defaults."""
+        default = band_sizes(device)
+        return tuple(d if v is None else v for v, d in zip((self.band_rows, self.tile_cols, self.stage1_rows), default))
 
     def _buf(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         """A reused workspace view of the given shape (grown when too small)."""
@@ -133,28 +174,33 @@ class DenseOPConvNet(nn.Module):
         """slices (B, H, W) float32, need (B, H, W) bool or None -> (B, 2, H, W) float32 logits.
 
         Pixels with need=False get the all-zero patch's logits without running the network.
+        ``need`` may live on the host (the engine then reads nothing back from the device) or on
+        the slices' device (read back once per call); the skip bookkeeping runs on the host.
         """
         check_slices(slices, need)
         n_b, h, w = slices.shape
+        self._sizes = self.sizes(slices.device)
+        need_host = None if need is None else host_mask(need)
         out = self.zero.view(1, 2, 1, 1).expand(n_b, 2, h, w).contiguous()
-        with torch.inference_mode(), fp32_precision(slices.device, self.allow_tf32):
+        with torch.inference_mode(), fp32_precision(slices.device, self.tf32):
             for b in range(n_b):
-                self._slice(slices[b].to(self.dtype), None if need is None else need[b], out[b])
+                self._slice(slices[b].to(self.dtype), None if need is None else need_host[b], out[b])
         return out
 
-    def _slice(self, x: torch.Tensor, need: torch.Tensor | None, out: torch.Tensor) -> None:
-        """x (H, W), need (H, W) bool or None; writes the needed pixels of out (2, H, W).
+    def _slice(self, x: torch.Tensor, need: np.ndarray | None, out: torch.Tensor) -> None:
+        """x (H, W), need (H, W) NumPy bool or None; writes the needed pixels of out (2, H, W).
 
         With a need mask, work is limited to what needed pixels read: conv1..pool2 to the column
         runs of used P2 positions per stage-1 band, T to the row runs of used positions, conv3 /
         pool3 to the column runs of needed pixels per band, fc to the needed pixels. Positions
         left uncomputed hold stale values that only reach pixels whose logits are discarded.
         """
+        band_rows, tile_cols, stage1_rows = self._sizes
         h, w = x.shape
         r0, r1, c0, c1 = 0, h, 0, w
         if need is not None:
-            rows, cols = need.any(1).nonzero().squeeze(1), need.any(0).nonzero().squeeze(1)
-            if rows.numel() == 0:
+            rows, cols = np.flatnonzero(need.any(1)), np.flatnonzero(need.any(0))
+            if rows.size == 0:
                 return
             r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         rect = pad_slices(x[None])[0, r0 : r1 + PATCH - 2, c0 : c1 + PATCH - 2]  # (hr+30, wc+30)
@@ -162,18 +208,18 @@ class DenseOPConvNet(nn.Module):
         band_need = None if need is None else need[r0:r1, c0:c1]
         used = None if need is None else used_positions(band_need)  # (hr+8, wc+8)
         p2 = self._buf("p2", (hr + GRID, wc + GRID, self.wt.shape[0]))
-        for y0 in range(0, hr + GRID, self.stage1_rows):
-            y1 = min(y0 + self.stage1_rows, hr + GRID)
+        for y0 in range(0, hr + GRID, stage1_rows):
+            y1 = min(y0 + stage1_rows, hr + GRID)
             spans = [(0, wc + GRID)] if used is None else col_runs(used[y0:y1].any(0), 2 * HALO)
             for a, b in spans:
                 stage1(rect[y0 : y1 + HALO, a : b + HALO], self.w1, self.b1, self.w2, self.b2,
                         out=p2[y0:y1, a:b])
-        any_rows = None if need is None else band_need.any(1).tolist()
+        any_rows = None if need is None else band_need.any(1)
         prev = False
-        for y0 in range(0, hr, self.band_rows):
-            rb = min(self.band_rows, hr - y0)
+        for y0 in range(0, hr, band_rows):
+            rb = min(band_rows, hr - y0)
             nb = None if need is None else band_need[y0 : y0 + rb]
-            if any_rows is not None and not any(any_rows[y0 : y0 + rb]):
+            if any_rows is not None and not any_rows[y0 : y0 + rb].any():
                 prev = False
                 continue
             ub = None if used is None else used[y0 : y0 + rb + GRID]
@@ -182,8 +228,8 @@ class DenseOPConvNet(nn.Module):
             p3 = self._buf("p3", (rb, wc, 2, 2, t.shape[-1]))
             spans = [(0, wc)] if nb is None else col_runs(nb.any(0), 2 * GRID)
             for a, b in spans:
-                for x0 in range(a, b, self.tile_cols):  # column tiles keep the shift-adds in cache
-                    xc = min(self.tile_cols, b - x0)
+                for x0 in range(a, b, tile_cols):  # column tiles keep the shift-adds in cache
+                    xc = min(tile_cols, b - x0)
                     conv3_pool3(
                         t[:, x0 : x0 + xc + GRID],
                         self._buf("q", (rb, xc + GRID, 3, 3, t.shape[-1])),
@@ -195,12 +241,12 @@ class DenseOPConvNet(nn.Module):
             self._fc_write(p3, nb, out[:, r0 + y0 : r0 + y0 + rb, c0:c1])
 
     def _tap_products(self, p2: torch.Tensor, y0: int, rb: int, prev: bool,
-                      used: torch.Tensor | None) -> torch.Tensor:
+                      used: np.ndarray | None) -> torch.Tensor:
         """T rows y0 .. y0+rb+8 as (rb+8, wc+8, 9*256), reusing the 8 rows the previous band made.
 
-        used: (rb+8, wc+8) bool or None (all): positions to compute, one GEMM per row run.
+        used: (rb+8, wc+8) NumPy bool or None (all): positions to compute, one GEMM per row run.
         """
-        r, n_t = self.band_rows, self.wt.shape[1]
+        r, n_t = self._sizes[0], self.wt.shape[1]
         t = self._buf("t", (r + GRID, p2.shape[1], n_t))
         k0 = GRID if prev else 0
         if used is None:
@@ -209,21 +255,23 @@ class DenseOPConvNet(nn.Module):
             src = p2[y0 + k0 : y0 + rb + GRID].reshape(-1, p2.shape[2])
             torch.addmm(self.bt, src, self.wt, out=t[k0 : rb + GRID].view(-1, n_t))
             return t[: rb + GRID]
-        todo = used.clone()
+        todo = used.copy()
         if prev:  # positions of the previous band's last 8 T rows that we use too: copy them
             keep = used[:GRID] & self._have[r : r + GRID]
-            cols = col_runs(keep.any(0), GRID)
-            for a, b in cols:
+            for a, b in col_runs(keep.any(0), GRID):
                 t[:GRID, a:b] = t[r : r + GRID, a:b]
             todo[:GRID] &= ~keep
         for k, a, b in row_runs(todo, 4):
             torch.addmm(self.bt, p2[y0 + k, a:b], self.wt, out=t[k, a:b])
-        self._have = F.pad(used, (0, 0, 0, r + GRID - used.shape[0]))  # what t now holds
+        self._have = np.pad(used, ((0, r + GRID - used.shape[0]), (0, 0)))  # what t now holds
         return t[: rb + GRID]
 
-    def _fc_write(self, p3: torch.Tensor, need: torch.Tensor | None, out: torch.Tensor) -> None:
-        """p3 (rb*wc, 1024) pooled features; fc1..fc3 on needed pixels into out (2, rb, wc)."""
-        idx = None if need is None or bool(need.all()) else need.reshape(-1).nonzero().squeeze(1)
+    def _fc_write(self, p3: torch.Tensor, need: np.ndarray | None, out: torch.Tensor) -> None:
+        """p3 (rb*wc, 1024) pooled features; fc1..fc3 on needed pixels into out (2, rb, wc).
+
+        need: (rb, wc) NumPy bool or None; its pixel indices go to the device without a wait.
+        """
+        idx = None if need is None or need.all() else to_device(np.flatnonzero(need), p3.device)
         if idx is None:
             x = p3
         else:
@@ -258,13 +306,14 @@ def classify_slices(
     *,
     engine: str = "dense",
     skip_zero: bool = True,
-    batch: int = 4096,
+    batch: int | None = None,
 ) -> torch.Tensor:
     """(B, H, W) float32 slices in [0, 1] -> (B, 2, H, W) float32 logits of every pixel's patch.
 
     engine "dense" (exact fully convolutional) or "patches" (reference, needs an OPConvNet);
     skip_zero: pixels whose read 31x31 window (see patch_nonzero) is all zero get the zero patch's
         logits (exact).
+    batch: patches per forward pass of the patch engine (None: ``patch_batch_size`` of the device).
     """
     need = patch_nonzero(slices) if skip_zero else None
     if engine == "patches":

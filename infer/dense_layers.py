@@ -21,11 +21,14 @@ fc1/fc2/fc3 are then GEMMs over pixels (``infer.dense``), with fc1's weight reor
 (t, s, channel) order of the pooled map.
 
 Skip mode bookkeeping: pixel p reads P2 only at p + 4(k, l), k, l in 0..2 (``used_positions``);
-``col_runs`` / ``row_runs`` turn masks into the column ranges the engine computes.
+``col_runs`` / ``row_runs`` turn masks into the column ranges the engine computes. They work on
+NumPy masks on the host: the engine reads the need mask from the device once per call, never per
+band or tile (on a GPU every such read waits for all queued work).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,38 +104,38 @@ def conv3_pool3(
     return p3.relu_()
 
 
-def used_positions(need: torch.Tensor) -> torch.Tensor:
-    """(h, w) needed pixels -> (h+8, w+8) bool: the P2 positions their patches read.
+def used_positions(need: np.ndarray) -> np.ndarray:
+    """(h, w) bool needed pixels -> (h+8, w+8) bool: the P2 positions their patches read.
 
     Pixel r (band coordinates) reads P2 rows r, r+4, r+8 (its 3x3 pool2 map); likewise columns.
     """
     h, w = need.shape
-    rows = need.new_zeros(h + GRID, w)
+    rows = np.zeros((h + GRID, w), bool)
     for k in range(3):
         rows[4 * k : 4 * k + h] |= need
-    used = need.new_zeros(h + GRID, w + GRID)
+    used = np.zeros((h + GRID, w + GRID), bool)
     for k in range(3):
         used[:, 4 * k : 4 * k + w] |= rows
     return used
 
 
-def col_runs(cols: torch.Tensor, gap: int) -> list[tuple[int, int]]:
+def col_runs(cols: np.ndarray, gap: int) -> list[tuple[int, int]]:
     """(w,) bool -> [(a, b)]: column ranges covering every True, merging runs at most gap apart."""
-    x = cols.nonzero().squeeze(1)
-    if x.numel() == 0:
+    x = np.flatnonzero(cols)
+    if x.size == 0:
         return []
-    brk = ((x[1:] - x[:-1]) > gap + 1).nonzero().squeeze(1)
+    brk = np.flatnonzero(np.diff(x) > gap + 1)
     starts = [int(x[0])] + x[brk + 1].tolist()
     ends = x[brk].tolist() + [int(x[-1])]
     return [(a, b + 1) for a, b in zip(starts, ends)]
 
 
-def row_runs(mask: torch.Tensor, gap: int) -> list[tuple[int, int, int]]:
+def row_runs(mask: np.ndarray, gap: int) -> list[tuple[int, int, int]]:
     """(h, w) bool -> [(row, a, b)]: per row, column ranges covering every True, merging runs at
     most gap apart (one GEMM call costs about as much as a few positions)."""
-    m = F.pad(mask, (1, 1))
-    starts = (m[:, 1:-1] & ~m[:, :-2]).nonzero().tolist()
-    ends = (m[:, 1:-1] & ~m[:, 2:]).nonzero().tolist()
+    m = np.pad(mask, ((0, 0), (1, 1)))
+    starts = np.argwhere(m[:, 1:-1] & ~m[:, :-2]).tolist()
+    ends = np.argwhere(m[:, 1:-1] & ~m[:, 2:]).tolist()
     runs: list[tuple[int, int, int]] = []
     for (k, a), (_, b) in zip(starts, ends):
         if runs and runs[-1][0] == k and a - runs[-1][2] <= gap:

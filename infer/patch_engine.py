@@ -14,37 +14,29 @@ outside the slice count as 0 (the preprocessed value of air)::
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.model import PATCH, OPConvNet
+from train.model import PATCH, OPConvNet, fp32_precision
+
+__all__ = ["PAD_AFTER", "PAD_BEFORE", "PATCH_BATCH", "check_slices", "fp32_precision", "pad_slices",
+           "patch_batch_size", "patch_logits", "patch_macs_per_pixel", "zero_patch_logits"]
 
 PAD_BEFORE = PATCH // 2  # 16: rows above / columns left of the centre pixel
 PAD_AFTER = PATCH - PAD_BEFORE - 1  # 15: rows below / columns right of it
 
 
-@contextlib.contextmanager
-def fp32_precision(device: torch.device, allow_tf32: bool = False) -> Iterator[None]:
-    """Run CUDA matmuls and cuDNN convolutions in true fp32 unless TF32 is explicitly allowed.
+# Patches per forward pass of the patch engine: on a GPU a pass of 16k patches is ~1 GB of fp32
+# activations and long enough to hide the gather; on a CPU 4k (16 MB of gathered patches) as before.
+PATCH_BATCH = {"cpu": 4096, "cuda": 16384}
 
-    PyTorch lets cuDNN convolutions use TF32 by default, which breaks exactness checks between
-    engines; on other devices this does nothing. The previous flags are restored on exit.
-    """
-    if torch.device(device).type != "cuda":
-        yield
-        return
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+def patch_batch_size(device: torch.device | str) -> int:
+    """The patch engine's default patches per forward pass on ``device``."""
+    return PATCH_BATCH["cuda" if torch.device(device).type == "cuda" else "cpu"]
 
 
 def check_slices(slices: torch.Tensor, need: torch.Tensor | None = None) -> None:
@@ -79,20 +71,23 @@ def patch_logits(
     model: nn.Module,
     slices: torch.Tensor,
     *,
-    batch: int = 4096,
+    batch: int | None = None,
     need: torch.Tensor | None = None,
     channels_last: bool = True,
-    allow_tf32: bool = False,
+    tf32: bool = False,
 ) -> torch.Tensor:
     """Logits of the 32x32 patch around every pixel, by literally cutting out the patches.
 
     slices: (B, H, W) float32 in [0, 1], on the model's device.
-    need: (B, H, W) bool or None (all pixels). Pixels with need=False are not run through the
-        network and get the all-zero patch's logits.
+    batch: patches per forward pass (None: ``patch_batch_size`` of the slices' device).
+    need: (B, H, W) bool or None (all pixels), on the host or the device. Pixels with need=False
+        are not run through the network and get the all-zero patch's logits.
+    tf32: let CUDA use TF32 (approximate; off: true fp32).
     Returns (B, 2, H, W) float32 logits (model in eval mode: no dropout; the caller's model is
     left untouched).
     """
     check_slices(slices, need)
+    batch = patch_batch_size(slices.device) if batch is None else batch
     if batch < 1:
         raise ValueError(f"batch must be a positive number of patches, got {batch}")
     n_b, h, w = slices.shape
@@ -101,12 +96,12 @@ def patch_logits(
         net = net.to(memory_format=torch.channels_last)
     zero = zero_patch_logits(net)
     out = zero.to(slices.device).repeat(n_b * h * w, 1)  # (B*H*W, 2), pixel-major
-    with torch.inference_mode(), fp32_precision(slices.device, allow_tf32):
+    with torch.inference_mode(), fp32_precision(slices.device, tf32):
         views = pad_slices(slices).unfold(1, PATCH, 1).unfold(2, PATCH, 1)  # (B, H, W, 32, 32)
         if need is None:
             flat = torch.arange(n_b * h * w, device=slices.device)
         else:
-            flat = need.reshape(-1).nonzero().squeeze(1)
+            flat = need.reshape(-1).nonzero().squeeze(1).to(slices.device)  # one read of a device mask
         for start in range(0, flat.numel(), batch):
             idx = flat[start : start + batch]
             b, rc = idx // (h * w), idx % (h * w)

@@ -7,14 +7,16 @@
                  preprocess, augment (views, intensity), patches (grid, label rules), balance,
                  pipeline (one volume through them all), kernels (numba)
       store/     the shard format: shard (HDF5 writer / reader), manifest, shardset (bulk
-                 reading for training), verify, merge, info
+                 reading for training), verify, merge, info; remote (a shard folder at a URL:
+                 the verified download cache, pull) and download (resumed, checked files)
       phantom/   synthetic spine CT: generate, anatomy, organs, contrast (phases), tissue
       build.py   dataset -> shard folder (orchestrates io, stages and store); output.py which
                  files of the folder are its shards; lock.py one writer per folder; workers.py
-                 worker processes that end with the build
+                 worker processes that end with the build; cluster.py the build on Dask (--dask)
       config.py  BuildConfig; files.py atomic writes, hashes, names confined to their folder;
-                 cli.py the console script; cli_errors.py one-line errors and console.py
-                 (--threads, progress in logs, strict JSON) for all three scripts
+                 cli.py the console script; cli_errors.py one-line errors, cli_params.py a shard
+                 folder or its URL, and console.py (--threads, progress in logs, strict JSON) for
+                 all three scripts
 
 Public API::
 

@@ -1,9 +1,10 @@
 """`patchstore build`: dataset -> one verified shard (or a few) per volume -> manifest.json.
 
-    discover cases -> hash image+mask (volume key) -> [--part K/N filter] -> per volume, in workers:
+    discover cases -> hash image+mask (volume key) -> [--part K/N filter] -> per volume, in workers
+    (processes here, or tasks on a Dask cluster: patchstore.cluster):
         skip if its shards are complete for these inputs and parameters        (resume)
         read_case -> pipeline.build_volume (window, smooth, views, patches, RUS) -> ShardWriter
-    -> manifest.json (written last, atomically)
+    -> manifest.json (written last, atomically, by this process)
 
 Per-volume randomness comes from (seed, volume key) only, so the bytes of a shard don't depend on
 the worker count, the order of volumes, or where an interrupted build resumed.
@@ -197,17 +198,21 @@ def is_disk_full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e)
 
 
+def file_system_error(e: OSError, job: Job, out: Path) -> BuildError:
+    """One clear line for a file-system error while building ``job`` (earlier shards stay intact)."""
+    reason = f"{e.filename}: {e.strerror}" if e.filename else (e.strerror or str(e))
+    if is_disk_full(e):
+        return BuildError(f"{out}: disk full while writing the shard of {job.case.image} ({reason}); shards "
+                          f"written before are intact: free space and run the same command to resume")
+    return BuildError(f"{reason} (while building {job.case.image} into {out}); shards written before are intact")
+
+
 def _run_job(job: Job, out: Path, cfg: BuildConfig, progress: bool) -> tuple[str, list[dict], list[str]]:
     """Worker entry point: file-system errors become one clear line (earlier shards stay intact)."""
     try:
         return build_job(job, out, cfg, progress)
     except OSError as e:
-        reason = f"{e.filename}: {e.strerror}" if e.filename else (e.strerror or str(e))
-        if is_disk_full(e):
-            raise BuildError(f"{out}: disk full while writing the shard of {job.case.image} ({reason}); shards "
-                             f"written before are intact: free space and run the same command to resume") from None
-        raise BuildError(f"{reason} (while building {job.case.image} into {out}); shards written before are "
-                         f"intact") from None
+        raise file_system_error(e, job, out) from None
 
 
 # ---------------------------------------------------------------- the whole build
@@ -244,10 +249,13 @@ def prepare_output(out: Path, cfg: BuildConfig) -> None:
 
 
 def build(input_path: str | Path, out: str | Path, cfg: BuildConfig, *, workers: int = 1,
-          part: tuple[int, int] | None = None, keep_going: bool = False, quiet: bool = False) -> BuildResult:
+          part: tuple[int, int] | None = None, keep_going: bool = False, quiet: bool = False,
+          cluster: str | None = None) -> BuildResult:
     """Build the shard folder ``out`` from the dataset at ``input_path``; resumes an interrupted build.
 
-    Holds ``out``'s lock throughout; raises BuildError (LockError when another build holds it)."""
+    ``cluster``: build the volumes on the Dask cluster at that address ("local:N" starts one of N
+    processes here; ``patchstore.cluster``) instead of in ``workers`` processes. Holds ``out``'s lock
+    throughout; raises BuildError (LockError when another build holds it)."""
     input_path, out = Path(input_path), Path(out)
     check_shard_size(cfg)
     try:
@@ -256,7 +264,7 @@ def build(input_path: str | Path, out: str | Path, cfg: BuildConfig, *, workers:
         raise BuildError(f"{e.filename}: {e.strerror}") from None
     with folder_lock(out, "build") as stale:
         prepare_output(out, cfg)
-        result, entries = run_jobs(make_jobs(input_path, part), out, cfg, workers, keep_going, quiet)
+        result, entries = run_jobs(make_jobs(input_path, part), out, cfg, workers, keep_going, quiet, cluster)
         result.notes = takeover_note(stale)
         result.manifest = make_manifest(cfg.to_dict(), cfg.content_key(), entries, part)
         try:
@@ -279,8 +287,9 @@ def build(input_path: str | Path, out: str | Path, cfg: BuildConfig, *, workers:
 
 
 def run_jobs(jobs: list[Job], out: Path, cfg: BuildConfig, workers: int, keep_going: bool,
-             quiet: bool) -> tuple[BuildResult, list[dict]]:
-    """Build every job (in ``workers`` processes): what happened, and the manifest entries."""
+             quiet: bool, cluster: str | None = None) -> tuple[BuildResult, list[dict]]:
+    """Build every job (in ``workers`` processes, or on the Dask ``cluster``): what happened, and the
+    manifest entries."""
     result, entries = BuildResult(), []
     bar = tqdm(total=len(jobs), desc="volumes", unit="vol", disable=quiet)
     made = {"patches": 0, "t0": time.perf_counter()}
@@ -304,7 +313,22 @@ def run_jobs(jobs: list[Job], out: Path, cfg: BuildConfig, workers: int, keep_go
         result.failed.append((job.case.case_id, msg))
         bar.update()
 
-    if workers <= 1:
+    if cluster is not None:
+        from patchstore.cluster import run_on_cluster
+        for job, outcome in run_on_cluster(cluster, jobs, out, cfg):
+            if isinstance(outcome, (VolumeError, BuildError, ValueError)):
+                fail(job, outcome)
+            elif isinstance(outcome, OSError):
+                fail(job, file_system_error(outcome, job, out))
+            elif isinstance(outcome, Exception):
+                bar.close()
+                raise BuildError(f"{out}: the Dask workers building {job.case.image} kept failing "
+                                 f"({type(outcome).__name__}: {outcome}); shards written before are intact: run "
+                                 f"the same command to resume") from outcome
+            else:
+                collect(job, outcome)
+        remove_temp_files(out)  # of workers killed mid-write: every task has ended, and out is locked
+    elif workers <= 1:
         for job in jobs:
             try:
                 collect(job, _run_job(job, out, cfg, not quiet))

@@ -10,6 +10,7 @@ from click.core import ParameterSource
 
 from patchstore import __version__
 from patchstore.cli_errors import ErrorGroup
+from patchstore.cli_params import ShardSource, cache_option
 from patchstore.config import LABEL_RULES, PAPER, BuildConfig
 
 DEFAULTS = BuildConfig()
@@ -20,7 +21,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     can't be written, another build in the folder. Imported late: `patchstore --help` stays light."""
     from patchstore.build import BuildError
     from patchstore.lock import LockError
-    return (ValueError, OSError, BuildError, LockError)
+    from patchstore.store.download import RemoteError
+    return (ValueError, OSError, BuildError, LockError, RemoteError)
 
 
 def _floats(spec: str) -> tuple[float, ...]:
@@ -138,6 +140,10 @@ def main(threads: int | None) -> None:
 @click.option("--shard-mb", default=DEFAULTS.shard_mb, show_default=True,
               help="Split a volume's shard into files of at most this many MB (uncompressed).")
 @click.option("--workers", default=1, show_default=True, help="Volumes built in parallel (processes).")
+@click.option("--dask", "cluster", default=None, metavar="ADDRESS",
+              help="Build on a Dask distributed cluster, one task per volume: local:N starts N worker processes "
+                   "here; otherwise a scheduler address (tcp://host:8786). INPUT and -o must be at the same paths "
+                   "on every worker (a shared file system). Needs pip install 'patchstore[dask]'.")
 @click.option("--part", default=None, metavar="K/N", help="Build only part K of N of the volumes (by content hash).")
 @click.option("--keep-going", is_flag=True, help="Build the other volumes when one is bad; list the bad ones at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -145,7 +151,7 @@ def main(threads: int | None) -> None:
 @click.pass_context
 def build(ctx, input_path, out, hu_min, hu_max, sigma, patch, stride, angles, translations, max_shift, hu_gain,
           hu_offset, noise_hu, blur_px, rus, ratio, seed, dtype, labels, pixel_mm, label_rule, shard_mb, workers,
-          part, keep_going, quiet, paper) -> None:
+          cluster, part, keep_going, quiet, paper) -> None:
     """Build RUS-balanced, augmented patch shards from INPUT (a Decathlon folder or an image,mask CSV).
 
     \b
@@ -154,7 +160,11 @@ def build(ctx, input_path, out, hu_min, hu_max, sigma, patch, stride, angles, tr
       patchstore build cases.csv -o shards/ --labels 26-50        # TotalSegmentator v2 vertebrae
       patchstore build data/ -o test-shards/ --angles "" --translations 0 --no-rus   # evaluation shards
       patchstore build data/ -o part1/ --part 1/2                  # then `patchstore merge part1/ part2/ -o shards/`
+      patchstore build data/ -o shards/ --dask local:4             # a Dask cluster (tcp://scheduler:8786)
     """
+    if cluster is not None and workers > 1:
+        raise click.UsageError(f"--workers {workers} and --dask {cluster}: give one of them (the Dask cluster's "
+                               f"workers build the volumes)")
     from patchstore.build import build as run_build
     from patchstore.build import parse_part
     cfg = BuildConfig(**_with_paper(ctx, paper, dict(
@@ -163,7 +173,7 @@ def build(ctx, input_path, out, hu_min, hu_max, sigma, patch, stride, angles, tr
         labels=_labels(labels), shard_mb=shard_mb, pixel_mm=_pixel_mm(pixel_mm), label_rule=label_rule,
         hu_gain=hu_gain, hu_offset=hu_offset, noise_hu=noise_hu, blur_px=blur_px)))
     result = run_build(input_path, out, cfg, workers=workers, part=parse_part(part), keep_going=keep_going,
-                       quiet=quiet)
+                       quiet=quiet, cluster=cluster)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     for warning in result.warnings:
@@ -179,35 +189,44 @@ def build(ctx, input_path, out, hu_min, hu_max, sigma, patch, stride, angles, tr
 
 
 @main.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("folder", metavar="FOLDER|URL", type=ShardSource())
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def info(folder, as_json) -> None:
-    """Show what a shard FOLDER holds: shards, patches per class, build parameters.
+    """Show what a shard FOLDER (or the one at URL) holds: shards, patches per class, build parameters.
 
     \b
     Examples:
       patchstore info shards/
       patchstore info shards/ --json > shards.json
+      patchstore info https://data.example.org/spine/shards      # reads only its manifest.json
     """
     from patchstore.console import json_text
     from patchstore.store.info import format_info
     from patchstore.store.manifest import read_manifest
-    manifest = read_manifest(folder)
+    from patchstore.store.remote import remote_manifest
+    manifest = remote_manifest(folder) if isinstance(folder, str) else read_manifest(folder)
     click.echo(json_text(manifest, indent=2, sort_keys=True) if as_json else format_info(manifest))
 
 
 @main.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def verify(folder) -> None:
+@click.argument("source", metavar="FOLDER|URL", type=ShardSource())
+@cache_option
+def verify(source, cache) -> None:
     """Rehash and open every shard of FOLDER, check it against the manifest; exit 1 on any problem.
 
+    A URL's files are fetched into the cache first (only those it lacks), each refused unless its
+    size and SHA-256 are the manifest's; then its cached copy is verified as a folder is.
+
     \b
-    Example:
+    Examples:
       patchstore verify shards/
+      patchstore verify https://data.example.org/spine/shards --cache /scratch/cache
     """
     from patchstore.store.manifest import read_manifest
+    from patchstore.store.remote import fetch
     from patchstore.store.verify import leftover_temps
     from patchstore.store.verify import verify as run_verify
+    folder = fetch(source, cache, progress=True).folder if isinstance(source, str) else source
     problems = run_verify(folder)
     manifest = read_manifest(folder)
     n = len(manifest["shards"])
@@ -220,9 +239,28 @@ def verify(folder) -> None:
     if temps:
         click.echo(f"note: {len(temps)} temporary file(s) of an interrupted build (not listed; removed by the next build)")
     if problems:
-        click.echo(f"{folder}: {len(problems)} problem(s) in {n} listed shards")
+        click.echo(f"{source}: {len(problems)} problem(s) in {n} listed shards")
         sys.exit(1)
-    click.echo(f"{folder}: OK, {n} shards intact")
+    click.echo(f"{source}: OK, {n} shards intact")
+
+
+@main.command()
+@click.argument("url")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to copy the shard set into (new or empty, or a pull that stopped).")
+def pull(url, out) -> None:
+    """Copy the shard folder at URL into a plain local shard folder OUT (-o), every file checked
+    against the manifest's size and SHA-256, the manifest written last; run again to resume.
+
+    \b
+    Examples:
+      patchstore pull https://data.example.org/spine/shards -o shards/
+      patchstore pull s3://bucket/spine/shards -o shards/       # pip install 'patchstore[s3]'
+    """
+    from patchstore.store.remote import pull as run_pull
+    manifest = run_pull(url, out, progress=True)
+    t = manifest["totals"]
+    click.echo(f"{out}: {len(manifest['shards'])} shards, {t['patches']:,} patches from {url}")
 
 
 @main.command()

@@ -10,7 +10,7 @@ process umask (0644 under umask 022), as ``open()`` would give, not mkstemp's ow
 
 Names read from inputs (a CSV's case column, a manifest's ``file`` entries) become paths only
 through ``confined``: a plain file name, so nothing the tool reads or writes for them can lie
-outside the folder it belongs to.
+outside the folder it belongs to. ``is_url`` tells a shard folder's URL from a path.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_MARK = ".tmp"
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # scheme "://": https://, s3://, file://, ...
 # temp_path's names: "." + final name + "." + mkstemp's random characters + ".tmp" + suffix
 TEMP_NAME = re.compile(r"^\.(?P<final>.+)\.[A-Za-z0-9_]{1,16}\.tmp(?P<suffix>.*)$")
 NAME_MAX = 200  # room for the temporary name's additions within the usual 255-byte limit
@@ -99,6 +100,11 @@ def confined(folder: str | os.PathLike, name, what: str) -> Path:
     if problem:
         raise UnsafePathError(f"{what} is {name!r}, {problem}; expected a plain file name inside {folder}")
     return Path(folder) / name
+
+
+def is_url(source) -> bool:
+    """Is ``source`` a URL (``https://host/shards``, ``s3://bucket/shards``) rather than a local path?"""
+    return isinstance(source, str) and URL.match(source) is not None
 
 
 def ensure_writable(folder: str | os.PathLike) -> Path:

@@ -6,8 +6,10 @@
 The lock is ``flock(LOCK_EX | LOCK_NB)`` on that file, held while the block runs. The kernel
 drops it when its holder ends in any way (kill -9 included), so a lock file left by a killed
 build is free: the next build takes it over and says whose it was. A second writer while the
-first runs is refused with the first's pid, host and start time. The holder removes the file
-when it is done; a writer that locked a file just removed tries again on the new one.
+first runs is refused with the first's pid, host and start time; or, given ``on_wait`` (the
+download cache: another process fetching into it), told whom it waits for and then waits. The
+holder removes the file when it is done; a writer that locked a file just removed tries again on
+the new one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,16 +64,20 @@ def pid_alive(pid) -> bool:
         return True
 
 
-def _lock_current(path: Path) -> tuple[int, dict]:
-    """Open and lock the file now at ``path``: (fd, the previous holder's record)."""
+def _lock_current(path: Path, on_wait: Callable[[dict], None] | None = None) -> tuple[int, dict]:
+    """Open and lock the file now at ``path``: (fd, the previous holder's record). When it is held:
+    LockError(holder record), or with ``on_wait`` that is called with the record, then it waits."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _record(fd)
-            os.close(fd)
-            raise LockError(holder) from None
+            if on_wait is None:
+                os.close(fd)
+                raise LockError(holder) from None
+            on_wait(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             current = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -82,14 +88,19 @@ def _lock_current(path: Path) -> tuple[int, dict]:
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, command: str) -> Iterator[dict]:
-    """Hold ``folder``'s lock for ``command`` ("build", "merge"); yields the record of a killed
-    holder whose lock was taken over ({} when the folder was free)."""
+def folder_lock(folder: str | os.PathLike, command: str,
+                on_wait: Callable[[str], None] | None = None) -> Iterator[dict]:
+    """Hold ``folder``'s lock for ``command`` ("build", "merge", "fetch"); yields the record of a
+    killed holder whose lock was taken over ({} when the folder was free). A folder locked by a live
+    process is refused (LockError), or with ``on_wait`` waited for after telling it whom."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
+    tell = None if on_wait is None else (
+        lambda holder: on_wait(f"{folder}: waiting for patchstore {holder.get('command', 'process')} "
+                               f"({describe_holder(holder)}) to finish with it"))
     try:
-        fd, stale = _lock_current(path)
+        fd, stale = _lock_current(path, tell)
     except LockError as e:
         holder = e.args[0]
         raise LockError(f"{folder}: another patchstore {holder.get('command', 'process')} is writing here "

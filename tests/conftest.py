@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import os
+import re
+import socket
 import subprocess
+import threading
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -95,3 +100,109 @@ def readonly_dir(tmp_path: Path):
     _mount_tmpfs(path, "size=1m,ro")
     yield path
     subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """GET and HEAD of the files of ``server.root``, with single Range requests (206, 416) unless
+    ``server.ranges`` is off (then 200 and the whole file, as ``python -m http.server`` does)."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as real servers
+
+    def do_HEAD(self) -> None:
+        self.serve(body=False)
+
+    def do_GET(self) -> None:
+        self.serve(body=True)
+
+    def serve(self, body: bool) -> None:
+        srv = self.server
+        name = unquote(self.path.lstrip("/"))
+        asked = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        srv.requests.append((self.command, name, int(asked[1]) if asked else None))
+        path = srv.root / name
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start, end = 0, len(data)
+        if asked and srv.ranges:
+            start, end = int(asked[1]), min(int(asked[2]) + 1 if asked[2] else len(data), len(data))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(end - start))
+        self.send_header("Accept-Ranges", "bytes" if srv.ranges else "none")
+        self.end_headers()
+        if not body:
+            return
+        cut = srv.drops.get(name)
+        if cut is not None and cut[1] > 0 and start <= cut[0] < end:  # drop the connection at byte cut[0]
+            srv.drops[name] = (cut[0], cut[1] - 1)
+            self.wfile.write(data[start:cut[0]])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        self.wfile.write(data[start:end])
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class ShardServer(http.server.ThreadingHTTPServer):
+    """A real HTTP server on 127.0.0.1 serving ``root``; ``requests`` logs (method, file, range start);
+    ``drop(name, at, times)`` closes the connection at byte ``at`` of that file, ``times`` times."""
+
+    daemon_threads = True
+
+    def __init__(self, root: Path, ranges: bool = True) -> None:
+        super().__init__(("127.0.0.1", 0), RangeHandler)
+        self.root, self.ranges = Path(root), ranges
+        self.requests: list[tuple[str, str, int | None]] = []
+        self.drops: dict[str, tuple[int, int]] = {}
+        self.connections: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+    def drop(self, name: str, at: int, times: int = 1) -> None:
+        self.drops[name] = (at, times)
+
+    def asked(self, suffix: str = ".h5") -> list[tuple[str, int | None]]:
+        """(file, range start) of the GET requests for files ending in ``suffix``."""
+        return [(name, start) for method, name, start in self.requests if method == "GET" and name.endswith(suffix)]
+
+    def get_request(self):
+        conn, address = super().get_request()
+        self.connections.append(conn)
+        return conn, address
+
+    def close(self) -> None:
+        """Stop listening and end the open (keep-alive) connections: the server is gone."""
+        self.shutdown()
+        self.server_close()
+        for conn in self.connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def serve():
+    """``serve(folder, ranges=True)``: a running ShardServer for ``folder`` (stopped at the end)."""
+    servers = []
+
+    def start(folder: Path, ranges: bool = True) -> ShardServer:
+        servers.append(ShardServer(folder, ranges))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

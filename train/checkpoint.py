@@ -6,7 +6,8 @@
      "build": the shard manifest's build parameters (so inference preprocesses identically),
      "pixel_mm_range": [smallest, largest] pixel size (mm) the training patches were cut at,
      "manifest_sha256": str, "versions": {"torch": str, "python": str, "patchstore": str},
-     "rng": {"torch": uint8 tensor, "cuda": [uint8 tensors], "permutation": next epoch's generator}}
+     "rng": {"torch": uint8 tensor, "cuda": [uint8 tensor of rank 0's GPU] (CUDA runs),
+             "permutation": next epoch's generator}}   every RNG state a CPU uint8 tensor
 
 Written to a temporary file in the same folder and renamed, so ``last.pt`` is always complete
 even when the process is killed while saving. ``load_checkpoint`` refuses, in one line naming the
@@ -123,18 +124,43 @@ def check_entries(path: Path, ckpt: dict) -> None:
         raise CheckpointError(f"{path}: entry 'epoch' is {ckpt['epoch']!r}; expected an integer >= 0")
 
 
-def rng_state() -> dict:
-    """The global torch RNG states (dropout draws from them) as tensors."""
+def rng_state(device: torch.device | str = "cpu") -> dict:
+    """The global torch RNG states (dropout draws from them) as CPU uint8 tensors: the CPU's, and on
+    CUDA this process's GPU's (a list of one; each rank uses one GPU)."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    device = torch.device(device)
+    if device.type == "cuda":
+        state["cuda"] = [torch.cuda.get_rng_state(device).cpu()]
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def byte_state(t: torch.Tensor) -> torch.Tensor:
+    """An RNG state as ``torch.set_rng_state`` wants it: a contiguous uint8 tensor on the CPU, also
+    when the checkpoint was loaded onto a GPU (or the ``meta`` device: then it holds no values)."""
+    if t.device.type == "meta":
+        raise CheckpointError("an RNG state on the meta device holds no values; load checkpoints with "
+                              "map_location='cpu'")
+    return t.detach().to("cpu", torch.uint8).contiguous()
+
+
+def cuda_state_for(states: list[torch.Tensor], index: int) -> torch.Tensor:
+    """The saved CUDA state for device ``index``: its own when the checkpoint has one (older
+    checkpoints hold every visible GPU's), else the first. Never fails on a run resumed with fewer
+    or more GPUs than it was saved with."""
+    return byte_state(states[index] if index < len(states) else states[0])
+
+
+def set_rng_state(state: dict, device: torch.device | str = "cpu") -> None:
+    """Restore ``rng_state``'s record: the CPU state, and on a CUDA ``device`` its GPU's state.
+
+    Informational for ``train``, whose epochs reseed from (seed, epoch, rank); a CUDA record is
+    ignored on the CPU and a CPU-only record leaves a GPU's state alone.
+    """
+    torch.set_rng_state(byte_state(state["torch"]))
+    device = torch.device(device)
+    if device.type == "cuda" and state.get("cuda"):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_rng_state(cuda_state_for(list(state["cuda"]), index), device)
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> None:

@@ -16,6 +16,7 @@ from click.core import ParameterSource
 
 import patchstore
 from patchstore.cli_errors import ErrorGroup
+from patchstore.cli_params import ShardSource, cache_option
 from train.config import AMPS, DEVICES, INITS, PAPER, RESUMABLE_CHANGES, SPLITS, TrainConfig
 
 D = TrainConfig()
@@ -24,10 +25,12 @@ D = TrainConfig()
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's to fix: one line, no traceback (--debug shows it). Imported here,
     not at the top, so `train --help` answers without loading torch."""
+    from patchstore.lock import LockError
+    from patchstore.store.download import RemoteError
     from patchstore.store.shard import ShardError
     from train.checkpoint import CheckpointError
     from train.data import DataError
-    return (DataError, CheckpointError, ShardError, ValueError, OSError)
+    return (DataError, CheckpointError, ShardError, RemoteError, LockError, ValueError, OSError)
 
 
 @click.group(cls=ErrorGroup, user_errors=user_errors,
@@ -54,7 +57,7 @@ def main(threads: int | None) -> None:
 
 
 @main.command()
-@click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("shards", nargs=-1, required=True, type=ShardSource())
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder to write (default: runs/<timestamp>).")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -86,22 +89,30 @@ def main(threads: int | None) -> None:
               help="bf16: autocast on the GPU (not on CPU).")
 @click.option("--channels-last", is_flag=True, help="Channels-last memory format for model and batches.")
 @click.option("--compile", is_flag=True, help="torch.compile the model (slow start, faster steps).")
+@click.option("--tf32", is_flag=True, help="CUDA: TF32 matmuls and convolutions (faster, about 10 mantissa bits); "
+                                           "off: true fp32. No effect on CPU.")
+@click.option("--deterministic", is_flag=True,
+              help="CUDA: deterministic kernels and no cudnn.benchmark autotuning (bit-reproducible runs, slower). "
+                   "The CPU is deterministic anyway.")
 @click.option("--verify", is_flag=True, help="Rehash and read every shard first (patchstore verify).")
+@cache_option
 @click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
 @click.option("--paper", is_flag=True,
               help="The paper's training: N(0, 0.01) initialisation and a random split of patches "
                    "(options given explicitly still apply).")
 @click.pass_context
-def run(ctx: click.Context, shards: tuple[Path, ...], out: Path | None, resume: Path | None, paper: bool,
-        **fields) -> None:
+def run(ctx: click.Context, shards: tuple[Path | str, ...], out: Path | None, resume: Path | None, cache: Path | None,
+        paper: bool, **fields) -> None:
     """Train OP-convNet on the shard folder SHARDS (or several, e.g. a build and `infer mine`'s output,
-    concatenated; they must agree on preprocessing).
+    concatenated; they must agree on preprocessing). A folder may be a URL: its files are fetched into
+    the cache (--cache) once, each checked against the manifest's SHA-256.
 
     \b
     Examples:
       train run shards/ -o runs/first --init kaiming
       train run shards/ mined/ -o runs/second          # with the hard negatives of `infer mine`
       train run shards/ --resume runs/first --epochs 40
+      train run https://data.example.org/spine/shards -o runs/remote
     """
     from train.checkpoint import load_checkpoint
     from train.loop import train
@@ -116,7 +127,7 @@ def run(ctx: click.Context, shards: tuple[Path, ...], out: Path | None, resume: 
             fields.update({k: v for k, v in PAPER.items() if ctx.get_parameter_source(k) == ParameterSource.DEFAULT})
         cfg = TrainConfig(**fields)
     run_dir = resume or out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    result = train(list(shards), run_dir, cfg, resume=resume is not None)
+    result = train(list(shards), run_dir, cfg, resume=resume is not None, cache=cache)
     if result.get("confusion") and not cfg.quiet:
         c = result["confusion"]
         click.echo(f"best epoch {c['epoch']}: val loss {c['val_loss']:.4f}, " +
@@ -125,24 +136,28 @@ def run(ctx: click.Context, shards: tuple[Path, ...], out: Path | None, resume: 
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("shards", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("shards", type=ShardSource())
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="auto: the GPU when there is one.")
 @click.option("--batch-size", default=1024, show_default=True, help="Patches per forward pass.")
 @click.option("--verify", is_flag=True, help="Rehash and read every shard first (patchstore verify).")
+@cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def evaluate(checkpoint: Path, shards: Path, device: str, batch_size: int, verify: bool, as_json: bool) -> None:
-    """Patch metrics of CHECKPOINT on every patch in SHARDS (the paper's Table 2, plus SEN).
+def evaluate(checkpoint: Path, shards: Path | str, device: str, batch_size: int, verify: bool, cache: Path | None,
+             as_json: bool) -> None:
+    """Patch metrics of CHECKPOINT on every patch in SHARDS, a folder or its URL (the paper's Table 2,
+    plus SEN).
 
     \b
     Examples:
       train evaluate runs/first/best.pt test-shards/
       train evaluate runs/first/best.pt test-shards/ --json > table2.json
+      train evaluate runs/first/best.pt https://data.example.org/spine/test-shards
     """
     from patchstore.console import json_text
     from train.loop import evaluate_checkpoint
     log = (lambda s: click.echo(s, err=True)) if as_json else click.echo
-    r = evaluate_checkpoint(checkpoint, shards, device, batch_size, verify, log=log)
+    r = evaluate_checkpoint(checkpoint, shards, device, batch_size, verify, log=log, cache=cache)
     if as_json:
         click.echo(json_text(r, indent=2))
         return

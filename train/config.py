@@ -22,8 +22,11 @@ AMPS = ("none", "bf16")
 PAPER = {"init": "paper", "split_by": "patch"}
 
 # Fields that may change when a run is resumed: they don't change what is computed, or (epochs)
-# only how far. Any other difference would make the resumed run a different experiment.
-RESUMABLE_CHANGES = ("epochs", "device", "compile", "verify", "quiet")
+# only how far. Any other difference would make the resumed run a different experiment. Not
+# `compile` (compiled dropout draws other masks than eager dropout from the same seed), `tf32` or
+# `deterministic` (other arithmetic, other kernels). `device` may change (a run moved from one
+# machine to another) at the price of the last bits.
+RESUMABLE_CHANGES = ("epochs", "device", "verify", "quiet")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
+    tf32: bool = False  # CUDA: TF32 matmuls and convolutions (faster, ~10 mantissa bits); CPU: no effect
+    deterministic: bool = False  # deterministic kernels, no cudnn.benchmark (bit-reproducible on a GPU)
     verify: bool = False
     quiet: bool = False
 
@@ -71,6 +76,8 @@ class TrainConfig:
             (self.eval_batch_size >= 1, "eval_batch_size", self.eval_batch_size, "an integer >= 1"),
             (self.device in DEVICES, "device", self.device, f"one of {DEVICES}"),
             (self.amp in AMPS, "amp", self.amp, f"one of {AMPS}"),
+            *[(isinstance(getattr(self, f), bool), f, getattr(self, f), "True or False")
+              for f in ("channels_last", "compile", "tf32", "deterministic", "verify", "quiet")],
         ]
         for ok, field, found, expected in checks:
             if not ok:

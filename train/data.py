@@ -8,10 +8,12 @@
 
     one batch: x[idx] -> float32 (/255 for uint8, as patchstore.stages.preprocess.to_unit) -> (B, 1, 32, 32)
 
-Everything is read once, before training: no DataLoader workers, no HDF5 reads in the loop. Each
-shard is checked against the manifest before its patches are used (``ShardSet.read``); the
-ShardSet's warnings (unlisted .h5 files, a --part build) go to ``warn``. ``check_classes`` refuses
-a training set of one class: a classifier trained on it scores a vacuous 1.0 on every metric.
+A shard folder may be a URL: its files are fetched into a local cache first, each checked against
+the manifest's size and SHA-256 (``ShardSet.open``). Everything is read once, before training: no
+DataLoader workers, no HDF5 reads in the loop. Each shard is checked against the manifest before
+its patches are used (``ShardSet.read``); the ShardSet's warnings (unlisted .h5 files, a --part
+build, a URL answered from the cache) go to ``warn``. ``check_classes`` refuses a training set of
+one class: a classifier trained on it scores a vacuous 1.0 on every metric.
 """
 
 from __future__ import annotations
@@ -57,9 +59,17 @@ class PatchSet:
         return len(self.y)
 
 
+# int64 device tensors per patch besides the patch itself: its label, its place in the train or
+# validation indices, and an epoch's permutation (the shuffled order copied to the device, then
+# the training indices gathered in that order; counted for every patch, an upper bound).
+INDEX_BYTES = {"label": 8, "split index": 8, "permutation": 8, "permuted index": 8}
+
+
 def needed_bytes(sets: list[ShardSet]) -> int:
-    """Device memory for all patches (stored dtype) and their int64 labels."""
-    return sum(s.patch_bytes + 8 * len(s) for s in sets)
+    """Device memory training holds for all patches: the patches (stored dtype), and per patch the
+    int64 label, split index and an epoch's permutation (``INDEX_BYTES``)."""
+    per_patch = sum(INDEX_BYTES.values())
+    return sum(s.patch_bytes + per_patch * len(s) for s in sets)
 
 
 def available_bytes(device: torch.device) -> int:
@@ -85,11 +95,13 @@ def check_memory(needed: int, device: torch.device) -> None:
                         f"shards (a folder with fewer volumes) or on a device with more memory")
 
 
-def open_sets(folders: str | os.PathLike | list, full_verify: bool = False) -> list[ShardSet]:
-    """Open one or several shard folders; they must agree on every preprocessing parameter (what a
-    patch looks like and what its label means), so their patches can be trained on together."""
+def open_sets(folders: str | os.PathLike | list, full_verify: bool = False, cache: str | os.PathLike | None = None,
+              progress: bool = False) -> list[ShardSet]:
+    """Open one or several shard folders (or their URLs, fetched into ``cache``); they must agree on
+    every preprocessing parameter (what a patch looks like and what its label means), so their
+    patches can be trained on together."""
     folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
-    sets = [ShardSet.open(f, full_verify) for f in folders]
+    sets = [ShardSet.open(f, full_verify, cache, progress) for f in folders]
     first = sets[0]
     for s in sets:
         if s.patch_shape != (PATCH, PATCH):
@@ -108,14 +120,21 @@ def _stderr(message: str) -> None:
 
 
 def load_shards(folders: str | os.PathLike | list, device: torch.device, full_verify: bool = False,
-                log: Callable[[str], None] = print, warn: Callable[[str], None] = _stderr) -> PatchSet:
-    """Check the shard folder(s), then read every shard once into one tensor on ``device``.
+                log: Callable[[str], None] = print, warn: Callable[[str], None] = _stderr,
+                cache: str | os.PathLike | None = None, progress: bool = False) -> PatchSet:
+    """Check the shard folder(s) (a URL: fetched into ``cache`` first), then read every shard once
+    into one tensor on ``device``.
 
     Several folders (e.g. a build and the hard negatives ``infer mine`` found) are concatenated in
     the order given; patches of one volume keep its volume key, so a split by volume keeps them on
     one side.
     """
-    sets = open_sets(folders, full_verify)
+    return load_sets(open_sets(folders, full_verify, cache, progress), device, log, warn)
+
+
+def load_sets(sets: list[ShardSet], device: torch.device, log: Callable[[str], None] = print,
+              warn: Callable[[str], None] = _stderr) -> PatchSet:
+    """Read every shard of the opened ``sets`` once into one tensor on ``device`` (``load_shards``)."""
     for s in sets:
         for message in s.warnings:
             warn(message)

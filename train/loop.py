@@ -26,13 +26,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from patchstore.files import ensure_writable, write_json_atomic
+from patchstore.files import ensure_writable, is_url, write_json_atomic
 from patchstore.store.shardset import ShardSet
 from train.checkpoint import load_checkpoint, rng_state
 from train.config import TrainConfig
-from train.data import PatchSet, batch_input, check_classes, class_counts, load_shards, split_patches
+from train.data import PatchSet, batch_input, check_classes, class_counts, load_sets, load_shards, split_patches
 from train.metrics import metrics_from_matrix
-from train.model import OPConvNet, init_paper, pick_device
+from train.model import OPConvNet, algorithms, fp32_precision, init_paper, pick_device
 from train.plots import plot_confusion, plot_curves
 from train.rundir import check_new_run_dir, read_metrics, reopen_run_dir, resume_state, save_epoch, start_run_dir
 
@@ -49,10 +49,10 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, PERMUTATION, epoch))
 
 
-def rng_record(seed: int, epoch: int) -> dict:
-    """The RNG state a checkpoint after ``epoch`` epochs records: informational, since resume
-    re-derives both from (seed, epoch, rank), which is what makes it exact."""
-    return {**rng_state(), "permutation": epoch_generator(seed, epoch).get_state()}
+def rng_record(seed: int, epoch: int, device: torch.device | str = "cpu") -> dict:
+    """The RNG state a checkpoint after ``epoch`` epochs records (CPU uint8 tensors): informational,
+    since resume re-derives both from (seed, epoch, rank), which is what makes it exact."""
+    return {**rng_state(device), "permutation": epoch_generator(seed, epoch).get_state()}
 
 
 def setup_distributed(device: torch.device) -> tuple[int, int, bool]:
@@ -65,6 +65,21 @@ def setup_distributed(device: torch.device) -> tuple[int, int, bool]:
     if joined:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return rank, world, joined
+
+
+def batch_note(batch_size: int, world: int) -> str | None:
+    """What the global batch leaves each of ``world`` processes (DDP splits every batch); None for
+    one process. Refuses a batch smaller than the number of processes (some would get nothing)."""
+    if world == 1:
+        return None
+    if batch_size < world:
+        raise ValueError(f"batch_size {batch_size} is smaller than the {world} processes; expected at least one "
+                         f"patch per process")
+    per = f"{batch_size // world}" + (f"-{batch_size // world + 1}" if batch_size % world else "")
+    note = f"batch {batch_size} over {world} processes: {per} patches per process and step"
+    if batch_size // world < 64:  # OP-convNet's step on a few dozen patches leaves a GPU mostly idle
+        note += "; a GPU is mostly idle on so few: a larger batch_size (with a proportionally larger lr) uses it better"
+    return note
 
 
 def new_model(cfg: TrainConfig, device: torch.device) -> OPConvNet:
@@ -136,15 +151,20 @@ def train_epoch(net, optimizer, ps: PatchSet, train_idx: torch.Tensor, cfg: Trai
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, batch_size: int,
              channels_last: bool = False, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy (float64 scalar) and (2, 2) int64 confusion counts (rows true) on ``idx``."""
+    """Summed cross-entropy (float64 scalar) and (2, 2) int64 confusion counts (rows true) on ``idx``.
+
+    Everything accumulates on the device: no host read per batch (``bincount`` would wait for the
+    GPU to size its output), and no atomics, so the counts are deterministic.
+    """
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=x.device)
     cm = torch.zeros(4, dtype=torch.int64, device=x.device)
+    cells = torch.arange(4, device=x.device)  # 2 * true + predicted
     for chunk in idx.split(batch_size):
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(prepare(x, chunk, channels_last)).float()
         loss += F.cross_entropy(logits, y[chunk], reduction="sum").double()
-        cm += torch.bincount(2 * y[chunk] + logits.argmax(1), minlength=4)
+        cm += ((2 * y[chunk] + logits.argmax(1)).unsqueeze(1) == cells).sum(0)
     return loss, cm.view(2, 2)
 
 
@@ -154,25 +174,32 @@ def summarize(loss_sum: float, cm: np.ndarray) -> dict:
     return {"val_loss": loss_sum / max(n, 1), "val_acc": float(np.trace(cm)) / max(n, 1), **metrics_from_matrix(cm)}
 
 
+def validation_indices(val_idx: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The validation patches an epoch is scored on: all, or in smoke runs (max_steps) as many
+    batches as training steps."""
+    return val_idx[:cfg.max_steps * cfg.eval_batch_size] if cfg.max_steps else val_idx
+
+
 def validate(model, ps: PatchSet, val_idx: torch.Tensor, cfg: TrainConfig, rank: int, world: int) -> dict:
-    if cfg.max_steps:  # smoke runs: as many validation batches as training steps
-        val_idx = val_idx[:cfg.max_steps * cfg.eval_batch_size]
-    loss, cm = evaluate(model, ps.x, ps.y, val_idx.tensor_split(world)[rank], cfg.eval_batch_size,
-                        cfg.channels_last, cfg.amp == "bf16")
+    loss, cm = evaluate(model, ps.x, ps.y, validation_indices(val_idx, cfg).tensor_split(world)[rank],
+                        cfg.eval_batch_size, cfg.channels_last, cfg.amp == "bf16")
     sums = all_reduce_(torch.cat([loss.view(1), cm.view(4).double()]), world).cpu()
     return summarize(float(sums[0]), sums[1:].long().numpy().reshape(2, 2))
 
 
 def finish_run_dir(run_dir: Path, cfg: TrainConfig, ps: PatchSet, val_idx: torch.Tensor) -> dict | None:
-    """curves.png from metrics.jsonl; confusion.json/png of best.pt on the validation set."""
+    """curves.png from metrics.jsonl; confusion.json/png of best.pt on the validation set, evaluated
+    as metrics.jsonl's validation was (same patches, memory format and autocast), so they agree."""
     plot_curves(read_metrics(run_dir), run_dir / "curves.png")
     if not (run_dir / "best.pt").exists():  # every validation loss was NaN
         print(f"warning: {run_dir}: no epoch had a finite validation loss; no best.pt", file=sys.stderr)
         return None
-    best = load_checkpoint(run_dir / "best.pt", map_location=ps.x.device)
-    model = OPConvNet(cfg.dropout).to(ps.x.device)
+    best = load_checkpoint(run_dir / "best.pt")
+    model = OPConvNet(cfg.dropout)
     model.load_state_dict(best["model"])
-    loss, cm = evaluate(model, ps.x, ps.y, val_idx, cfg.eval_batch_size)
+    model = model.to(ps.x.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    loss, cm = evaluate(model, ps.x, ps.y, validation_indices(val_idx, cfg), cfg.eval_batch_size, cfg.channels_last,
+                        cfg.amp == "bf16")
     cm = cm.cpu().numpy()
     result = {"epoch": best["epoch"], "matrix": cm.tolist(), "rows": "true class", "cols": "predicted class",
               "classes": ["background", "vertebra"], **summarize(float(loss), cm)}
@@ -181,28 +208,40 @@ def finish_run_dir(run_dir: Path, cfg: TrainConfig, ps: PatchSet, val_idx: torch
     return result
 
 
-def train(shards: str | os.PathLike | list, run_dir: str | os.PathLike, cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train OP-convNet on one or several shard folders into ``run_dir``; under torchrun, with DDP on every rank.
+def train(shards: str | os.PathLike | list, run_dir: str | os.PathLike, cfg: TrainConfig, resume: bool = False,
+          cache: str | os.PathLike | None = None) -> dict:
+    """Train OP-convNet on one or several shard folders (or their URLs, fetched into ``cache``) into
+    ``run_dir``; under torchrun, with DDP on every rank.
 
     Returns {"run_dir", "epoch", "best_val_loss", "last": last metrics row, "model": the trained module}.
     """
-    shards = [Path(shards)] if isinstance(shards, (str, os.PathLike)) else [Path(s) for s in shards]
+    shards = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    shards = [s if is_url(s) else Path(s) for s in shards]
     run_dir = Path(run_dir)
     device = pick_device(cfg.device)
     if cfg.amp == "bf16" and device.type != "cuda":
-        raise ValueError(f"--amp bf16 is for GPUs only; the device is {device}")
+        raise ValueError(f"amp 'bf16' is for GPUs only; the device is {device}")
+    with fp32_precision(device, cfg.tf32), algorithms(device, cfg.deterministic):
+        return _train(shards, run_dir, cfg, device, resume, cache)
+
+
+def _train(shards: list, run_dir: Path, cfg: TrainConfig, device: torch.device, resume: bool, cache) -> dict:
+    """``train`` under its precision and algorithm settings."""
     if not resume:  # checked on every rank, so none waits for the others
         check_new_run_dir(run_dir)
     ensure_writable(run_dir)  # before the shards load: a read-only folder fails at once
     rank, world, joined = setup_distributed(device)
     main, show = rank == 0, rank == 0 and not cfg.quiet
+    note = batch_note(cfg.batch_size, world)
     warn = (lambda s: print(f"warning: {s}", file=sys.stderr)) if main else (lambda s: None)
-    ps = load_shards(shards, device, cfg.verify, log=print if show else lambda s: None, warn=warn)
+    ps = load_shards(shards, device, cfg.verify, log=print if show else lambda s: None, warn=warn, cache=cache,
+                     progress=show)
     split = split_patches(ps, cfg.split_by, cfg.val_fraction, cfg.seed)
     for message in check_classes(ps, split, shards):
         warn(message)
-    if main and split["note"]:
-        print(f"note: {split['note']}", file=sys.stderr)
+    for message in (split["note"], note):
+        if main and message:
+            print(f"note: {message}", file=sys.stderr)
     train_idx, val_idx = (torch.from_numpy(split[k]).to(device) for k in ("train", "val"))
     model = new_model(cfg, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -234,7 +273,7 @@ def train(shards: str | os.PathLike | list, run_dir: str | os.PathLike, cfg: Tra
                       f"{row['val_loss']:.4f} acc {row['val_acc']:.4f} F {row['F-score']:.4f} | {row['samples_per_s']:.0f} "
                       f"samples/s")
             state = save_epoch(run_dir, row, state, model, optimizer, scheduler, cfg, ps,
-                               rng_record(cfg.seed, row["epoch"]))
+                               rng_record(cfg.seed, row["epoch"], device))
     result = {"run_dir": run_dir, "epoch": cfg.epochs, "best_val_loss": state["best_val_loss"], "last": row,
               "model": model}
     if main:
@@ -247,15 +286,18 @@ def train(shards: str | os.PathLike | list, run_dir: str | os.PathLike, cfg: Tra
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, shards: str | os.PathLike, device: str = "auto",
-                        batch_size: int = 1024, full_verify: bool = False, log=print) -> dict:
+                        batch_size: int = 1024, full_verify: bool = False, log=print,
+                        cache: str | os.PathLike | None = None) -> dict:
     """The paper's patch metrics (Table 2: PRE, SPE, ACC, F-score; and SEN), the mean loss and the
-    confusion matrix (rows true, columns predicted) of a checkpoint on every patch of a shard folder."""
+    confusion matrix (rows true, columns predicted) of a checkpoint on every patch of a shard folder
+    (or its URL, fetched into ``cache``)."""
     ckpt = load_checkpoint(checkpoint)
-    other = ShardSet.open(shards).check_preprocessing(ckpt["build"], f"checkpoint {checkpoint}")
+    shard_set = ShardSet.open(shards, full_verify, cache, progress=True)
+    other = shard_set.check_preprocessing(ckpt["build"], f"checkpoint {checkpoint}")
     if other:
         log(f"note: the shards differ from the training shards only in sampling parameters {other}")
     dev = pick_device(device)
-    ps = load_shards(shards, dev, full_verify, log, warn=lambda s: log(f"warning: {s}"))
+    ps = load_sets([shard_set], dev, log, warn=lambda s: log(f"warning: {s}"))
     counts = class_counts(ps.y.cpu().numpy())
     if min(counts) == 0:
         log(f"warning: {shards}: every patch is {'background' if counts[1] == 0 else 'vertebra'} ({counts}): the "

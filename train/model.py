@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -75,3 +77,59 @@ def pick_device(name: str) -> torch.device:
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     torch.cuda.set_device(device)
     return device
+
+
+@contextlib.contextmanager
+def fp32_precision(device: torch.device | str, tf32: bool = False) -> Iterator[None]:
+    """CUDA matmuls and cuDNN convolutions in TF32 (``tf32``) or true fp32 inside the block; the
+    previous settings come back on exit. Other devices: nothing changes.
+
+    Uses torch's ``fp32_precision`` API where it exists (torch >= 2.9) and then never touches the
+    legacy ``allow_tf32`` flags: on torch 2.13, reading ``torch.backends.cuda.matmul.allow_tf32``
+    raises once anything set the new API (pytorch.org/docs/main/notes/cuda.html#tensorfloat-32-tf32).
+    PyTorch lets cuDNN convolutions use TF32 by default, which breaks exactness checks.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    new_api = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn.conv if new_api else torch.backends.cudnn)
+    name, value = ("fp32_precision", "tf32" if tf32 else "ieee") if new_api else ("allow_tf32", tf32)
+    old = [getattr(f, name) for f in flags]
+    try:
+        for f in flags:
+            setattr(f, name, value)
+        yield
+    finally:
+        for f, v in zip(flags, old):
+            setattr(f, name, v)
+
+
+@contextlib.contextmanager
+def algorithms(device: torch.device | str, deterministic: bool = False) -> Iterator[None]:
+    """Kernel choice inside the block; the previous settings come back on exit.
+
+    deterministic: cuDNN's deterministic algorithms without autotuning (cudnn.benchmark off) and
+        ``torch.use_deterministic_algorithms`` (warn_only: an op without a deterministic kernel
+        warns, naming itself, instead of stopping the run). On CUDA, cuBLAS then needs
+        CUBLAS_WORKSPACE_CONFIG set before its first matmul (docs.nvidia.com/cuda/cublas,
+        "Results reproducibility"): set here to ":4096:8" unless already set.
+    otherwise, on CUDA: cudnn.benchmark (the fastest convolution algorithms for the fixed batch
+        shapes; they may differ between runs, so results are not bit-reproducible).
+    """
+    cudnn = torch.backends.cudnn
+    old = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+           torch.is_deterministic_algorithms_warn_only_enabled())
+    cuda = torch.device(device).type == "cuda"
+    try:
+        if deterministic:
+            if cuda:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            cudnn.benchmark, cudnn.deterministic = False, True
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        elif cuda:
+            cudnn.benchmark = True
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = old[0], old[1]
+        torch.use_deterministic_algorithms(old[2], warn_only=old[3])

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import patchstore
-from patchstore.files import json_text, write_json_atomic, write_text_atomic
+from patchstore.files import is_url, json_text, write_json_atomic, write_text_atomic
 from train.checkpoint import CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint, set_rng_state
 from train.config import RESUMABLE_CHANGES, TrainConfig
 from train.data import PatchSet, split_record
@@ -49,20 +49,26 @@ def versions() -> dict:
     return {"torch": str(torch.__version__), "python": platform.python_version(), "patchstore": patchstore.__version__}
 
 
-def start_run_dir(run_dir: Path, shards: list[Path], cfg: TrainConfig, ps: PatchSet, split: dict, world: int,
+def start_run_dir(run_dir: Path, shards: list[Path | str], cfg: TrainConfig, ps: PatchSet, split: dict, world: int,
                   device: torch.device) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "config.json", {
-        "config": cfg.to_dict(), "shards": [str(s.resolve()) for s in shards], "manifest_sha256": ps.manifest_sha256,
-        "build": ps.build, "world_size": world, "device": str(device), "versions": versions()})
+        "config": cfg.to_dict(), "shards": [s if is_url(s) else str(Path(s).resolve()) for s in shards],
+        "manifest_sha256": ps.manifest_sha256, "build": ps.build, "world_size": world, "device": str(device),
+        "versions": versions()})
     write_json_atomic(run_dir / "split.json", split_record(split, ps, cfg.val_fraction, cfg.seed))
     write_json_lines(run_dir / "metrics.jsonl", [])
 
 
 def resume_state(run_dir: Path, cfg: TrainConfig, ps: PatchSet, model, optimizer, scheduler) -> dict:
-    """Load last.pt into model / optimizer / scheduler after checking it belongs to this run."""
-    ckpt = load_checkpoint(run_dir / "last.pt", map_location=ps.x.device)
-    old = ckpt["config"]
+    """Load last.pt into model / optimizer / scheduler after checking it belongs to this run.
+
+    Loaded onto the CPU whatever the training device: load_state_dict copies weights and optimizer
+    state to the parameters' device, and the RNG states must stay CPU uint8 tensors (loaded onto a
+    GPU, ``torch.set_rng_state`` refuses them). A field the checkpoint predates counts as its default.
+    """
+    ckpt = load_checkpoint(run_dir / "last.pt", map_location="cpu")
+    old = {**TrainConfig().to_dict(), **ckpt["config"]}
     changed = [k for k, v in cfg.to_dict().items() if old.get(k) != v and k not in RESUMABLE_CHANGES]
     if changed:
         detail = ", ".join(f"{k}={getattr(cfg, k)!r} (the run has {old.get(k)!r})" for k in changed)
@@ -74,7 +80,7 @@ def resume_state(run_dir: Path, cfg: TrainConfig, ps: PatchSet, model, optimizer
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if "rng" in ckpt:
-        set_rng_state(ckpt["rng"])  # each epoch reseeds from (seed, epoch, rank) anyway
+        set_rng_state(ckpt["rng"], ps.x.device)  # each epoch reseeds from (seed, epoch, rank) anyway
     return {"epoch": ckpt["epoch"], "best_val_loss": ckpt["best_val_loss"]}
 
 

@@ -8,9 +8,10 @@
      "part": [K, N]}                                                       only for --part K/N builds
 
 Only this module knows these keys; readers get them through ``read_manifest`` (checked) and
-``ShardSet``. ``read_manifest`` checks every field's type and that every ``file`` is a plain name
-inside the folder (``patchstore.files.confined``); ``manifest_problems`` what a well-formed
-manifest can still get wrong (a file listed twice, totals); ``entry_problems`` whether a shard is
+``ShardSet``. ``read_manifest`` (``parse_manifest`` for one fetched from a URL) checks every
+field's type and that every ``file`` is a plain name inside the folder
+(``patchstore.files.confined``); ``manifest_problems`` what a well-formed manifest can still get
+wrong (a file listed twice, totals); ``entry_problems`` whether a shard is
 what its entry says (identity attributes, counts, label values, build parameters).
 """
 
@@ -52,41 +53,48 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ShardError(f"{folder}: no {MANIFEST}; expected a shard folder written by `patchstore build` "
                          f"(an interrupted build writes it only at the end: run the build again to resume)")
+    return parse_manifest(path.read_bytes(), str(path), folder)
+
+
+def parse_manifest(data: bytes, where: str, folder: str | os.PathLike) -> dict:
+    """The manifest in ``data``, read from ``where`` (a file or a URL, for the messages), every field
+    checked; every ``file`` a plain name inside ``folder``, the folder its shards are read from."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ShardError(f"{path}: not valid JSON ({e})") from e
+        raise ShardError(f"{where}: not valid JSON ({e})") from e
     if not isinstance(manifest, dict):
-        raise ShardError(f"{path}: holds a JSON {type(manifest).__name__}; expected an object")
+        raise ShardError(f"{where}: holds a JSON {type(manifest).__name__}; expected an object")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ShardError(f"{path}: format_version {manifest.get('format_version')!r}; expected {FORMAT_VERSION}")
+        raise ShardError(f"{where}: format_version {manifest.get('format_version')!r}; expected {FORMAT_VERSION}")
     for key, kind in (("build", dict), ("build_key", str), ("shards", list)):
         if key not in manifest:
-            raise ShardError(f"{path}: field {key!r} is missing")
+            raise ShardError(f"{where}: field {key!r} is missing")
         if not isinstance(manifest[key], kind):
-            raise ShardError(f"{path}: field {key!r} is a {type(manifest[key]).__name__}; expected a "
+            raise ShardError(f"{where}: field {key!r} is a {type(manifest[key]).__name__}; expected a "
                              f"JSON {({dict: 'object', list: 'array', str: 'string'})[kind]}")
     for i, entry in enumerate(manifest["shards"]):
-        check_entry(path, i, entry)
+        check_entry(where, folder, i, entry)
     part = manifest.get("part")
     if part is not None and not (isinstance(part, list) and len(part) == 2 and all(isinstance(v, int) for v in part)
                                  and 1 <= part[0] <= part[1]):
-        raise ShardError(f"{path}: field 'part' is {part!r}; expected [K, N] with 1 <= K <= N")
+        raise ShardError(f"{where}: field 'part' is {part!r}; expected [K, N] with 1 <= K <= N")
     return manifest
 
 
-def check_entry(path: Path, i: int, entry) -> None:
-    """Refuse a malformed shard entry, naming the field, the value found and the one expected."""
+def check_entry(where: str, folder: str | os.PathLike, i: int, entry) -> None:
+    """Refuse a malformed shard entry of the manifest at ``where``, naming the field, the value found
+    and the one expected; its ``file`` must be a plain name inside ``folder``."""
     if not isinstance(entry, dict):
-        raise ShardError(f"{path}: shards[{i}] is a {type(entry).__name__}; expected an object")
+        raise ShardError(f"{where}: shards[{i}] is a {type(entry).__name__}; expected an object")
     for key, (ok, expected) in ENTRY_FIELDS.items():
         if key not in entry:
-            raise ShardError(f"{path}: shards[{i}] has no field {key!r}; expected {expected}")
+            raise ShardError(f"{where}: shards[{i}] has no field {key!r}; expected {expected}")
         if not ok(entry[key]):
-            raise ShardError(f"{path}: shards[{i}].{key} is {entry[key]!r}; expected {expected}")
-    confined(path.parent, entry["file"], f"{path}: shards[{i}].file")
+            raise ShardError(f"{where}: shards[{i}].{key} is {entry[key]!r}; expected {expected}")
+    confined(folder, entry["file"], f"{where}: shards[{i}].file")
     if sum(entry["counts"]) != entry["patches"]:
-        raise ShardError(f"{path}: shards[{i}] ({entry['file']}) counts {entry['counts']} sum to "
+        raise ShardError(f"{where}: shards[{i}] ({entry['file']}) counts {entry['counts']} sum to "
                          f"{sum(entry['counts'])}; its patches field says {entry['patches']}")
 
 

@@ -1,6 +1,9 @@
 """A shard folder opened for reading: the manifest checked, then each shard read in bulk.
 
-    ShardSet.open(folder)        manifest.json: format, every field, plain file names, no file
+    ShardSet.open(folder | URL)  a URL is first fetched into the local cache, every file checked
+                                 against the manifest's size and SHA-256 (patchstore.store.remote);
+                                 then, for the local folder it gives or the folder given:
+                                 manifest.json: format, every field, plain file names, no file
                                  listed twice; every listed shard present with its size
                                  (full_verify: `patchstore verify`, every byte rehashed);
                                  ``warnings``: .h5 files it does not list, a --part build
@@ -28,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from patchstore.config import PREPROCESSING_FIELDS, describe_differences, differing_fields
-from patchstore.files import file_sha256
+from patchstore.files import file_sha256, is_url
 from patchstore.store.manifest import MANIFEST, entry_problems, manifest_problems, read_manifest, unlisted_shards
+from patchstore.store.remote import fetch
 from patchstore.store.shard import ShardError, ShardReader
 from patchstore.store.verify import verify
 
@@ -55,9 +59,19 @@ class ShardSet:
     warnings: tuple[str, ...] = ()
 
     @classmethod
-    def open(cls, folder: str | os.PathLike, full_verify: bool = False) -> "ShardSet":
-        """Check the folder's manifest and that every listed shard is present with its size."""
-        folder = Path(folder)
+    def open(cls, source: str | os.PathLike, full_verify: bool = False, cache: str | os.PathLike | None = None,
+             progress: bool = False) -> "ShardSet":
+        """Check the folder's manifest and that every listed shard is present with its size.
+
+        ``source``: a shard folder, or its URL, whose files are fetched into ``cache`` first (default
+        ``patchstore.store.remote.default_cache()``; ``progress``: a download progress bar)."""
+        warnings = []
+        if is_url(source):
+            fetched = fetch(source, cache, progress)
+            folder = fetched.folder
+            warnings.extend(fetched.warnings)
+        else:
+            folder = Path(source)
         manifest = read_manifest(folder)
         problems = manifest_problems(manifest)
         if problems:
@@ -78,7 +92,6 @@ class ShardSet:
                                  f"(truncated or altered: run `patchstore verify {folder}`)")
         if not manifest["shards"]:
             raise ShardError(f"{folder / MANIFEST}: lists no shards")
-        warnings = []
         extra = unlisted_shards(folder, manifest)
         if extra:
             warnings.append(f"{folder}: {len(extra)} .h5 file(s) not listed in {MANIFEST} are not used: "

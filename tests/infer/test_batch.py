@@ -108,3 +108,13 @@ def test_evaluate_json_has_null_and_the_reason_for_undefined_metrics(tmp_path):
     res = CliRunner().invoke(main, ["evaluate", str(pred), str(write_volume(tmp_path / "ref.nii.gz", ref, g)), "--json"])
     report = _strict(res.output)
     assert report["HD95"] is None and report["undefined"]["HD95"].startswith("the prediction is empty")
+
+
+@pytest.mark.parametrize("flag", ["--bf16", "--tf32"])
+def test_gpu_only_switches_on_the_cpu_are_refused_before_any_output(tmp_path, rng, flag):
+    """--bf16 / --tf32 with --device cpu: exit 2 naming the switch and the device; nothing written."""
+    image, _ = _case(tmp_path / "d", "c0", rng)
+    res = CliRunner().invoke(main, ["volume", str(image), "-m", str(write_checkpoint(tmp_path / "m.pt")),
+                                    "-o", str(tmp_path / "out" / "pred.nii.gz"), "--device", "cpu", flag])
+    assert res.exit_code == 2 and f"{flag} is for GPUs only; the device is cpu" in res.output
+    assert not (tmp_path / "out").exists()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+from patchstore.files import file_sha256
 from patchstore.stages.preprocess import to_unit
+from patchstore.store.manifest import MANIFEST
 from patchstore.store.shard import ShardReader
 from tests.builders import make_shards
 from train.checkpoint import load_checkpoint, save_checkpoint
@@ -49,7 +52,7 @@ def test_help_lists_the_options():
     result = CliRunner().invoke(main, ["run", "--help"])
     assert result.exit_code == 0
     for option in ("--val-fraction", "--split-by", "--lr-step", "--weight-decay", "--init", "--max-steps",
-                   "--resume", "--amp", "--channels-last", "--compile", "--quiet"):
+                   "--resume", "--amp", "--channels-last", "--compile", "--tf32", "--deterministic", "--quiet"):
         assert option in result.output
 
 
@@ -68,6 +71,17 @@ def test_run_then_resume(shards, tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["epochs"] == 2 and config["resumed_after_epochs"] == [1]
+
+
+def test_numerics_switches_reach_the_run_config(shards, tmp_path):
+    """--tf32 and --deterministic are recorded in the run's config (and so fixed for its resumes)."""
+    out = tmp_path / "run"
+    args = ["run", str(shards), "-o", str(out), "--epochs", "1", "--batch-size", "8", "--max-steps", "1",
+            "--tf32", "--deterministic", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["tf32"] is True and config["deterministic"] is True
 
 
 def test_evaluate_metrics_equal_hand_computed(shards, tmp_path):
@@ -132,3 +146,43 @@ def test_paper_flag_restores_the_papers_training(shards, tmp_path):
         assert result.exit_code == 0, result.output
         config = load_checkpoint(out / "last.pt")["config"]
         assert (config["init"], config["split_by"]) == (init, split)
+
+
+@pytest.mark.slow
+def test_run_and_evaluate_from_a_url(shards, tmp_path, serve):
+    """`train run URL` (a real HTTP server) trains exactly as on the folder itself and records the URL;
+    `train evaluate CKPT URL` afterwards reads the cache: the server is asked for the manifest only."""
+    server = serve(shards)
+    cache = tmp_path / "cache"
+    common = ["--epochs", "1", "--batch-size", "8", "--max-steps", "2", "--init", "kaiming", "--quiet"]
+    result = CliRunner().invoke(main, ["run", server.url, "-o", str(tmp_path / "url"), "--cache", str(cache), *common])
+    assert result.exit_code == 0, result.output
+    assert sorted(name for name, _ in server.asked()) == ["case0.h5", "case1.h5"]
+    config = json.loads((tmp_path / "url" / "config.json").read_text())
+    assert config["shards"] == [server.url] and config["manifest_sha256"] == file_sha256(shards / MANIFEST)
+    result = CliRunner().invoke(main, ["run", str(shards), "-o", str(tmp_path / "local"), *common])
+    assert result.exit_code == 0, result.output
+    from_url, local = (load_checkpoint(tmp_path / run / "last.pt")["model"] for run in ("url", "local"))
+    assert all(torch.equal(from_url[k], local[k]) for k in local)
+    server.requests.clear()
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "url" / "last.pt"), server.url, "--cache", str(cache),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["patches"] == 24 + 40 and server.requests == [("GET", MANIFEST, None)]
+
+
+def test_run_refuses_an_altered_served_shard(shards, tmp_path, serve):
+    """A served shard altered after its manifest was written stops `train run` in one line naming it,
+    before any training: no checkpoint, and nothing of that file in the cache."""
+    served = shutil.copytree(shards, tmp_path / "served")
+    data = bytearray((served / "case1.h5").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (served / "case1.h5").write_bytes(data)
+    url = serve(served).url
+    result = CliRunner().invoke(main, ["run", url, "-o", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"),
+                                       "--epochs", "1", "--max-steps", "2", "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"Error: {url}/case1.h5: SHA-256 is" in result.output and "refused" in result.output
+    assert not (tmp_path / "run" / "last.pt").exists() and not (tmp_path / "cache" / "sets").exists()
+    kept = [p.name for p in (tmp_path / "cache" / "objects").rglob("*")]
+    assert file_sha256(served / "case1.h5") not in kept and file_sha256(shards / "case1.h5") not in kept
