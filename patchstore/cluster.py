@@ -48,6 +48,20 @@ def parse_address(address: str) -> tuple[str | None, int | None]:
 
 
 @contextmanager
+def kept_environment() -> Iterator[None]:
+    """Give os.environ back as it was: starting a LocalCluster sets OMP_NUM_THREADS=1 (and MKL's,
+    OpenBLAS's, MALLOC_TRIM_THRESHOLD_, PYTHONHASHSEED) in this process's environment for its
+    workers, and every process started afterwards (a `train run`, torch's own pools) would inherit
+    one thread."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextmanager
 def connect(address: str) -> Iterator:
     """A dask.distributed Client of the cluster at ``address``; on exit the client is closed (and a
     local cluster stopped, its worker processes with it)."""
@@ -58,7 +72,8 @@ def connect(address: str) -> Iterator:
         raise BuildError("a build on a Dask cluster needs dask.distributed; expected it installed "
                          "(pip install 'patchstore[dask]')") from None
     if n_local is not None:
-        with LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+        with kept_environment(), \
+                LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             yield client
         return

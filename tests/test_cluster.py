@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from patchstore.build import build
 from patchstore.cli import main
-from patchstore.cluster import parse_address
+from patchstore.cluster import kept_environment, parse_address
 from patchstore.config import BuildConfig
 
 NO_DASK = "dask.distributed is not installed (pip install 'patchstore[dask]')"
@@ -53,10 +53,12 @@ def test_dask_build_equals_the_local_build(local_build, phantom_dataset, tmp_pat
     """`patchstore build --dask local:2` writes exactly the shards and manifest of a local build."""
     pytest.importorskip("distributed", reason=NO_DASK)
     out = tmp_path / "shards"
+    environ = dict(os.environ)
     res = CliRunner().invoke(main, ["build", str(phantom_dataset), "-o", str(out), "--dask", "local:2", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "built 4, already complete 0" in res.output
     assert folder_bytes(out) == folder_bytes(local_build)
+    assert dict(os.environ) == environ  # no OMP_NUM_THREADS=1 left for processes started later
 
 
 def kill_a_busy_worker(client, timeout: float) -> str | None:
@@ -86,8 +88,9 @@ def test_worker_killed_mid_build_still_ends_in_the_same_bytes(local_build, phant
         except Exception as e:  # handed to the test's thread
             done["error"] = e
 
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
+    with kept_environment(), distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                                      dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
         address = cluster.scheduler_address
         thread = threading.Thread(target=run_build)
         thread.start()
