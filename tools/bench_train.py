@@ -11,7 +11,7 @@ between two device synchronisations (``sync``: CUDA runs asynchronously):
   floor   the model step on one batch already in memory (the compute floor)
   ours    train.loop.train_epoch: gather by index on the device, uint8 -> float, step
   h5 DL   torch DataLoader over a Dataset that reads one patch at a time with h5py
-then options that make the floor faster: channels_last, torch.compile, bf16 autocast and TF32
+then the other memory layout and the options that make the floor faster: torch.compile, bf16 autocast and TF32
 (GPU only), each also through our loop where it is a `train run` option.
 Each measurement is repeated (``--repeats``, interleaved) and the best kept: other processes on a
 shared machine only ever slow a run down.
@@ -212,7 +212,7 @@ def measure_batch(ps, cfg: TrainConfig, args, device: torch.device, rank: int, w
     share = max(1, cfg.batch_size // world)
     best = {"floor": 0.0, "ours": 0.0}
     for r in range(args.repeats):  # interleaved, so a busy moment hits both alike
-        best["floor"] = max(best["floor"], floor(new_model(cfg, device), share, args.steps, device))
+        best["floor"] = max(best["floor"], floor(new_model(cfg, device), share, args.steps, device, cfg.channels_last))
         best["ours"] = max(best["ours"], ours(ps, cfg, r, rank, world))
     per_process = best["ours"] / world
     say(f"batch {cfg.batch_size} ({share} per process): bare step {best['floor']:8.0f} samples/s per process; "
@@ -223,20 +223,24 @@ def measure_batch(ps, cfg: TrainConfig, args, device: torch.device, rank: int, w
 def options(ps, cfg: TrainConfig, args, device: torch.device, say) -> None:
     """The bare step and our loop with each option that can make them faster."""
     b, steps, cuda = cfg.batch_size, args.steps, device.type == "cuda"
-    base = max(floor(new_model(cfg, device), b, steps, device) for _ in range(args.repeats))
-    say(f"options at batch {b} (bare step {base:.0f} samples/s):")
+    base = max(floor(new_model(cfg, device), b, steps, device, cfg.channels_last) for _ in range(args.repeats))
+    say(f"options at batch {b} (bare step {base:.0f} samples/s, {'channels_last' if cfg.channels_last else 'contiguous'}"
+        f" layout: the default):")
 
     def row(name: str, sps: float, extra: str = "") -> None:
         say(f"  {name:32s} {sps:8.0f} samples/s   {100 * (sps / base - 1):+.1f}% vs bare step{extra}")
 
-    cl = dataclasses.replace(cfg, channels_last=True)
-    row("channels_last", max(floor(new_model(cl, device), b, steps, device, True) for _ in range(args.repeats)))
+    other = not cfg.channels_last
+    row("channels_last" if other else "contiguous (--no-channels-last)",
+        max(floor(new_model(dataclasses.replace(cfg, channels_last=other), device), b, steps, device, other)
+            for _ in range(args.repeats)))
     if cuda:
-        row("bf16 autocast", max(floor(new_model(cfg, device), b, steps, device, amp=True)
+        row("bf16 autocast", max(floor(new_model(cfg, device), b, steps, device, cfg.channels_last, amp=True)
                                  for _ in range(args.repeats)))
         row("ours, amp bf16", max(ours(ps, dataclasses.replace(cfg, amp="bf16"), r) for r in range(args.repeats)))
         with fp32_precision(device, tf32=True):
-            row("TF32", max(floor(new_model(cfg, device), b, steps, device) for _ in range(args.repeats)))
+            row("TF32", max(floor(new_model(cfg, device), b, steps, device, cfg.channels_last)
+                            for _ in range(args.repeats)))
     else:
         say(f"  {'bf16 autocast, TF32':32s}      n/a on CPU (GPU only: train run --amp bf16 / tf32)")
     if args.no_compile:
@@ -244,9 +248,9 @@ def options(ps, cfg: TrainConfig, args, device: torch.device, say) -> None:
         return
     t = time.perf_counter()
     compiled = torch.compile(new_model(cfg, device))
-    floor(compiled, b, 1, device)  # compiles forward and backward
+    floor(compiled, b, 1, device, cfg.channels_last)  # compiles forward and backward
     start = time.perf_counter() - t
-    row("torch.compile", max(floor(compiled, b, steps, device) for _ in range(args.repeats)),
+    row("torch.compile", max(floor(compiled, b, steps, device, cfg.channels_last) for _ in range(args.repeats)),
         f" (compiling took {start:.0f} s)")
     row("ours, compile", max(ours(ps, dataclasses.replace(cfg, compile=True), r) for r in range(args.repeats)))
 

@@ -87,7 +87,9 @@ def main(threads: int | None) -> None:
               help="auto: the GPU when there is one.")
 @click.option("--amp", type=click.Choice(AMPS), default=D.amp, show_default=True,
               help="bf16: autocast on the GPU (not on CPU).")
-@click.option("--channels-last", is_flag=True, help="Channels-last memory format for model and batches.")
+@click.option("--channels-last/--no-channels-last", default=D.channels_last, show_default=True,
+              help="Channels-last memory format for model and batches (faster for OP-convNet's small convolutions; "
+                   "deterministic on CPU either way).")
 @click.option("--compile", is_flag=True, help="torch.compile the model (slow start, faster steps).")
 @click.option("--tf32", is_flag=True, help="CUDA: TF32 matmuls and convolutions (faster, about 10 mantissa bits); "
                                            "off: true fp32. No effect on CPU.")
