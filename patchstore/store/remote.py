@@ -194,7 +194,7 @@ def _url_record(cache: Path, url: str) -> Path:
 def _cached_copy(url: str, cache: Path, error: Exception) -> Fetched:
     """The set ``url`` gave last, when it can't be reached now (a warning says so)."""
     try:
-        record = json.loads(_url_record(cache, url).read_text())
+        record = json.loads(_url_record(cache, url).read_text(encoding="utf-8"))
         digest = record["manifest_sha256"]
         folder = cache / "sets" / digest
         usable = HEX64.fullmatch(digest) is not None and (folder / MANIFEST).is_file()
