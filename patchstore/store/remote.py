@@ -110,16 +110,21 @@ def _unreachable(url: str, e: Exception) -> str:
     return f"{url}/{MANIFEST}: can't be read ({type(e).__name__}: {e})"
 
 
-def remote_manifest(url: str) -> dict:
-    """The manifest of the shard folder at ``url``, every field checked (nothing is downloaded but it)."""
-    url = url.rstrip("/")
-    fs, root = _filesystem(url)
+def _reachable_manifest_bytes(fs, root: str, url: str) -> bytes:
+    """``_manifest_bytes``, a network error becoming a RemoteError naming the URL."""
     try:
-        data = _manifest_bytes(fs, root, url)
+        return _manifest_bytes(fs, root, url)
     except RemoteError:
         raise
     except Exception as e:  # the protocols' network errors share no base class
         raise RemoteError(_unreachable(url, e)) from e
+
+
+def remote_manifest(url: str) -> dict:
+    """The manifest of the shard folder at ``url``, every field checked (nothing is downloaded but it)."""
+    url = url.rstrip("/")
+    fs, root = _filesystem(url)
+    data = _reachable_manifest_bytes(fs, root, url)
     return _checked(data, url, url)
 
 
@@ -213,12 +218,7 @@ def pull(url: str, out: str | os.PathLike, progress: bool = False, threads: int 
     manifest. A file already in ``out`` is kept only when it is exactly the shard listed."""
     out, url = Path(out), url.rstrip("/")
     fs, root = _filesystem(url)
-    try:
-        data = _manifest_bytes(fs, root, url)
-    except RemoteError:
-        raise
-    except Exception as e:  # the protocols' network errors share no base class
-        raise RemoteError(_unreachable(url, e)) from e
+    data = _reachable_manifest_bytes(fs, root, url)
     manifest = _checked(data, url, out)
     ensure_writable(out)
     with folder_lock(out, "pull"):
