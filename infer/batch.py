@@ -37,7 +37,7 @@ def score(mask: np.ndarray, ref: np.ndarray, spacing_zyx, cfg: BuildConfig, tole
 def segment_case(case: Case, outputs: CaseOutputs, model, cfg: BuildConfig, *, labels: tuple[int, ...],
                  tolerance_mm: float, trained_at: tuple[float, float] | None, warn: Callable[[str], None],
                  progress: Callable[[int, int], None] | None = None, postprocess_method: str = "spine",
-                 threshold: float = 0.5, **engine_options) -> dict:
+                 threshold: float = 0.5, refine: str | float | None = "window", **engine_options) -> dict:
     """Segment ``case`` with ``model`` (``engine_options`` as ``infer.predict.segment`` takes them),
     write ``outputs`` and return the report entry; ``progress(done, total)`` counts axial slices."""
     vol = read_volume(case.image)
@@ -53,8 +53,8 @@ def segment_case(case: Case, outputs: CaseOutputs, model, cfg: BuildConfig, *, l
     warning = pixel_warning(cfg, trained_at, vol.geometry.spacing_zyx[1:])
     if warning:
         warn(f"{case.image}: {warning}")
-    pred = segment(model, cfg, vol, postprocess_method=postprocess_method, threshold=threshold, progress=step,
-                   **engine_options)
+    pred = segment(model, cfg, vol, postprocess_method=postprocess_method, threshold=threshold,
+                   refine=refine, progress=step, **engine_options)
     if not pred.mask.any():
         warn(f"{case.image}: the predicted mask is empty (no pixel classified vertebra"
              + (" after post-processing" if pred.raw.any() else "") + ")")

@@ -3,6 +3,7 @@ and infer.metrics."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -27,6 +28,19 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the user's to fix (a bad volume, checkpoint or output path): one line, exit 1;
     --debug shows the traceback. All the libraries' errors derive from ValueError."""
     return (ValueError, OSError)
+
+
+def _refine(spec: str) -> str | float | None:
+    """``--refine``: "window" (the checkpoint's window floor), None for "none", or a HU value."""
+    if spec in ("window", "none"):
+        return None if spec == "none" else spec
+    try:
+        value = float(spec)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise click.BadParameter(f"expected window, none or a HU value, got {spec!r}", param_hint="--refine")
+    return value
 
 
 def check_outputs(paths: list[Path | None], folders: list[Path | None] = ()) -> None:
@@ -105,6 +119,11 @@ def _print_scores(entry: dict, cfg) -> None:
               show_default=True,
               help="paper: opening, hole filling, large 3-D components (the paper's final step); spine: also keep "
                    "only what lies along the spine (drops ribs, scapulae, vessels); none: the raw classification.")
+@click.option("--refine", "refine", default="window", show_default=True, metavar="window|none|HU",
+              help="After --postprocess paper or spine: keep only the mask's pixels at or above this HU (window: the "
+                   "model's window floor, 100 HU by default; below it the network sees them as air), close one-pixel "
+                   "gaps and fill each slice's holes. Trims the soft-tissue rim a patch classifier draws around "
+                   "bone; never adds a pixel. none: the paper's steps alone.")
 @click.option("--threshold", default=0.5, show_default=True,
               help="Vertebra where the probability exceeds this (0.5: the network's argmax).")
 @click.option("--probabilities", type=click.Path(path_type=Path), default=None,
@@ -125,7 +144,7 @@ def _print_scores(entry: dict, cfg) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print each case's report as JSON (keyed by input image).")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-case timing lines.")
 def volume(inputs, checkpoint, out, engine, skip_zero, body_mask, batch_slices, device, bf16, tf32, postprocess,
-           threshold, probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json, quiet) -> None:
+           refine, threshold, probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json, quiet) -> None:
     """Segment the vertebrae of each CT into a mask (uint8, 1 = vertebra) with the CT's exact geometry.
 
     INPUT: a CT file (NIfTI, MHA/MHD, NRRD), a DICOM series folder, a folder of CTs (imagesTr/,
@@ -153,6 +172,7 @@ def volume(inputs, checkpoint, out, engine, skip_zero, body_mask, batch_slices, 
     from patchstore.console import json_text
     from train.model import pick_device
     label_values = _labels(labels)
+    refine = _refine(refine)
     dev = pick_device(device)
     if (bf16 or tf32) and dev.type != "cuda":
         raise click.BadParameter(f"{'--bf16' if bf16 else '--tf32'} is for GPUs only; the device is {dev}",
@@ -177,6 +197,7 @@ def volume(inputs, checkpoint, out, engine, skip_zero, body_mask, batch_slices, 
                 entry = segment_case(case, plan, model, cfg, labels=label_values, tolerance_mm=tolerance_mm,
                                      trained_at=trained_at, warn=lambda s: click.echo(f"warning: {s}", err=True),
                                      progress=advance, postprocess_method=postprocess, threshold=threshold,
+                                     refine=refine,
                                      engine=engine, skip_zero=skip_zero, body=body_mask, batch_slices=batch_slices,
                                      device=dev, bf16=bf16, tf32=tf32)
             if not quiet and not as_json:

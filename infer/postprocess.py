@@ -18,6 +18,14 @@ position (``spine_track``: where predicted pixels are densest, weighted towards 
 midline of the body, median-filtered along z), then only the in-slice components that reach
 within ``touch_mm`` of it, clipped to ``clip_mm`` around it (a vertebra with its processes spans
 about 45 mm to each side and 60 mm behind its body).
+
+A last step for both methods, ``refine_to_bone`` (``refine_hu``): the network decides whole
+patches, so the mask it draws is a few millimetres wider than the bone, into the soft tissue
+around it. The network cannot tell those pixels apart: below the window's floor (``hu_min``, 100
+HU by default) every pixel is 0 after windowing, like air. The refinement keeps the mask's pixels
+at or above ``refine_hu`` (the window's floor), bridges one-pixel gaps within a slice (3x3
+closing) and fills each slice's holes, so marrow darker than the floor inside a vertebra's
+cortex stays; it never adds a pixel the mask does not have.
 """
 
 from __future__ import annotations
@@ -144,6 +152,20 @@ def keep_spine(mask: np.ndarray, body: np.ndarray, spacing, touch_mm: float = 15
     return out
 
 
+def refine_to_bone(mask: np.ndarray, hu: np.ndarray, floor_hu: float) -> np.ndarray:
+    """(Z, Y, X) bool mask -> the part of it at or above ``floor_hu``, one-pixel gaps closed
+    within each slice and each slice's holes filled; a subset of ``mask``."""
+    out = np.zeros_like(mask)
+    box = bounding_box(mask, mask, margin=2)  # room for the closing and a background ring
+    if box is None:
+        return out
+    bone = mask[box] & (np.asarray(hu)[box] >= floor_hu)
+    # scipy's closing erodes from the array's edge; the union keeps bone there
+    bone |= ndimage.binary_closing(bone, structure=np.ones((1, 3, 3), dtype=bool))
+    out[box] = fill_slice_holes(bone) & mask[box]
+    return out
+
+
 def postprocess(
     mask: np.ndarray,
     spacing,
@@ -154,13 +176,15 @@ def postprocess(
     fill_holes: bool = True,
     min_component_fraction: float = 0.1,
     min_component_mm3: float = 0.0,
+    refine_hu: float | None = None,
 ) -> np.ndarray:
     """(Z, Y, X) bool prediction -> (Z, Y, X) bool cleaned mask; spacing (sz, sy, sx) in mm.
 
     method "paper": opening with the 3x3 cross (radius 1 pixel, 0 disables), per-slice hole
     filling, keep components of >= 10 % of the largest component's volume, no absolute floor;
     "spine": the same with ``keep_spine`` before the components (needs the CT ``hu``, (Z, Y, X)
-    HU, for the body outline); "none": the mask as it is.
+    HU, for the body outline); "none": the mask as it is. ``refine_hu``: then ``refine_to_bone``
+    at that floor (needs ``hu``; ignored by "none"); None, the paper's steps alone.
     """
     mask = np.asarray(mask)
     if mask.ndim != 3 or mask.dtype != bool:
@@ -171,9 +195,11 @@ def postprocess(
         raise ValueError(f"post-processing method {method!r}; expected one of {METHODS}")
     if method == "none":
         return mask.copy()
-    if method == "spine" and (hu is None or np.shape(hu) != mask.shape):
-        raise ValueError(f"the spine filter needs the CT in HU on the mask's grid {mask.shape}, "
-                         f"got {None if hu is None else np.shape(hu)}")
+    needs_hu = {"the spine filter": method == "spine", "the refinement": refine_hu is not None}
+    for step, needed in needs_hu.items():
+        if needed and (hu is None or np.shape(hu) != mask.shape):
+            raise ValueError(f"{step} needs the CT in HU on the mask's grid {mask.shape}, "
+                             f"got {None if hu is None else np.shape(hu)}")
     out = np.zeros_like(mask)
     # Work inside the mask's bounding box: exact, as long as the margin exceeds the opening radius
     # (nothing grows further than that) and leaves a background ring for the hole filling.
@@ -191,4 +217,4 @@ def postprocess(
             return out
         crop = out[box]
     out[box] = keep_large_components(crop, spacing, min_component_fraction, min_component_mm3)
-    return out
+    return out if refine_hu is None else refine_to_bone(out, hu, refine_hu)

@@ -231,13 +231,17 @@ def _read_back(z0: int, host: torch.Tensor, done, skipped: int) -> tuple[int, np
 
 
 def segment(model: OPConvNet, cfg: BuildConfig, volume: Volume, *, postprocess_method: str = "spine",
-            threshold: float = 0.5, **engine_options) -> Prediction:
-    """Classify every pixel of every axial slice of ``volume`` and post-process the mask."""
+            threshold: float = 0.5, refine: str | float | None = "window", **engine_options) -> Prediction:
+    """Classify every pixel of every axial slice of ``volume`` and post-process the mask.
+
+    ``refine``: the bone refinement's floor in HU (see ``infer.postprocess``), "window" for the
+    build's ``hu_min``, None for none."""
     t0 = time.perf_counter()
     prob, skipped = vertebra_probability(model, cfg, volume.array, spacing_yx=volume.geometry.spacing_zyx[1:],
                                          **engine_options)
     raw = prob > threshold  # 0.5: the argmax of two classes; a tie goes to background
-    mask = postprocess(raw, volume.geometry.spacing_zyx, method=postprocess_method, hu=volume.array)
+    mask = postprocess(raw, volume.geometry.spacing_zyx, method=postprocess_method, hu=volume.array,
+                       refine_hu=cfg.hu_min if refine == "window" else refine)
     return Prediction(prob, raw, mask, time.perf_counter() - t0, skipped)
 
 

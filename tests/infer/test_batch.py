@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from infer.cli import main
-from patchstore.io.volume import write_volume
+from infer.postprocess import refine_to_bone
+from patchstore.io.volume import read_volume, write_volume
 from tests.builders import lps_geometry, write_checkpoint
 from train.model import OPConvNet
 
@@ -118,3 +119,36 @@ def test_gpu_only_switches_on_the_cpu_are_refused_before_any_output(tmp_path, rn
                                     "-o", str(tmp_path / "out" / "pred.nii.gz"), "--device", "cpu", flag])
     assert res.exit_code == 2 and f"{flag} is for GPUs only; the device is cpu" in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_refine_keeps_the_bone_of_what_the_network_draws(tmp_path, rng):
+    """A network that calls every pixel vertebra (fc3's bias): --refine none keeps the whole slice
+    (one component, its corners opened), the default --refine window keeps the pixels at or above the checkpoint's
+    100 HU floor (the bone block, and noise pixels above the floor), --refine 900 (above the block's 800 HU) none, and no --refine is
+    window; a bad value is refused before any output."""
+    image, mask = _case(tmp_path / "d", "c0", rng)
+    model = OPConvNet()
+    torch.manual_seed(0)
+    state = model.state_dict()
+    state["fc3.bias"] = torch.tensor([-1e4, 1e4])
+    ckpt = write_checkpoint(tmp_path / "m.pt", model=state)
+    hu = np.asarray(read_volume(image).array)
+    masks = {}
+    for refine in ("none", "window", "900", "default"):
+        out = tmp_path / f"{refine}.nii.gz"
+        choice = [] if refine == "default" else ["--refine", refine]
+        res = CliRunner().invoke(main, ["volume", str(image), "-m", str(ckpt), "-o", str(out), "--postprocess", "paper",
+                                        *choice, "--quiet"])
+        assert res.exit_code == 0, res.output
+        masks[refine] = read_volume(out, dtype=None).array.astype(bool)
+    assert masks["none"].mean() > 0.9 and masks["none"][hu >= 100].all()  # the opening rounds the corners
+    block = hu >= 700
+    assert block.sum() == 144 and masks["window"][block].all()
+    assert masks["window"].sum() < 144 + 0.05 * hu.size  # and a few soft-tissue pixels >= 100 HU (noise SD 30)
+    np.testing.assert_array_equal(masks["window"], refine_to_bone(masks["none"], hu, 100.0))
+    assert not masks["900"].any()
+    np.testing.assert_array_equal(masks["default"], masks["window"])
+    res = CliRunner().invoke(main, ["volume", str(image), "-m", str(ckpt), "-o", str(tmp_path / "x" / "p.nii.gz"),
+                                    "--refine", "bone"])
+    assert res.exit_code == 2 and "--refine" in res.output and "'bone'" in res.output
+    assert not (tmp_path / "x").exists()

@@ -15,6 +15,7 @@ from infer.postprocess import (
     keep_large_components,
     open_slices,
     postprocess,
+    refine_to_bone,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -203,3 +204,47 @@ def test_keep_spine_clips_long_arms_attached_to_the_spine():
     kept = keep_spine(spine | rib, body_mask(hu), (2.0, 1.0, 1.0), touch_mm=15, clip_mm=40)
     cols = np.flatnonzero(kept[0, 105])
     assert cols.max() <= 80 + 40 and cols.min() >= 80 - 12
+
+
+def _vertebra_in_soft_tissue(z=4, n=48):
+    """(hu, bone, rim): a ring of cortex (700 HU) around marrow darker than the window (60 HU), in
+    soft tissue (40 HU); ``rim``: a 3-pixel band of soft tissue around the ring, as a patch
+    classifier draws it."""
+    yy, xx = np.indices((n, n)) - n / 2 + 0.5
+    r = np.hypot(yy, xx)
+    hu = np.full((z, n, n), 40, np.int16)
+    hu[:, r < 10] = 700
+    hu[:, r < 8] = 60
+    bone = np.broadcast_to(r < 10, (z, n, n)).copy()
+    rim = np.broadcast_to((r >= 10) & (r < 13), (z, n, n)).copy()
+    return hu, bone, rim
+
+
+def test_refinement_trims_the_soft_tissue_rim_and_keeps_the_dark_marrow():
+    """The mask drawn 3 pixels too wide: the refinement at the window's floor gives the bone back,
+    marrow below the floor included (a hole of the cortex); with a one-pixel gap in the cortex
+    the closing still fills the marrow."""
+    hu, bone, rim = _vertebra_in_soft_tissue()
+    drawn = bone | rim
+    np.testing.assert_array_equal(refine_to_bone(drawn, hu, 100.0), bone)
+    gap = hu.copy()
+    gap[:, 24, 33:39] = 60  # a one-pixel-wide crack through the cortex on the right
+    np.testing.assert_array_equal(refine_to_bone(drawn, gap, 100.0), bone)
+    # the paper's steps keep the rim; the refinement after them removes it
+    kept = postprocess(drawn, (2.0, 1.0, 1.0), method="paper")
+    assert kept[rim].all()
+    np.testing.assert_array_equal(postprocess(drawn, (2.0, 1.0, 1.0), method="paper", hu=hu, refine_hu=100.0), bone)
+    with pytest.raises(ValueError, match="the refinement needs the CT in HU"):
+        postprocess(drawn, (2.0, 1.0, 1.0), refine_hu=100.0)
+
+
+def test_refinement_never_adds_a_pixel(rng):
+    """Random masks over random HU: the refinement's output is a subset of its input, and a floor
+    above every HU value empties it."""
+    for _ in range(5):
+        mask = rng.random((3, 40, 40)) < 0.4
+        hu = rng.normal(100, 200, mask.shape)
+        out = refine_to_bone(mask, hu, 100.0)
+        assert not (out & ~mask).any() and out[mask & (hu >= 100)].all()
+        assert not refine_to_bone(mask, hu, hu.max() + 1).any()
+    assert not refine_to_bone(np.zeros((2, 5, 5), bool), np.zeros((2, 5, 5)), 0.0).any()
