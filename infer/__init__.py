@@ -5,8 +5,8 @@
     prediction = segment(model, build, patchstore.read_volume("ct.nii.gz"))
 
     infer/  predict (volume -> probability -> mask), dense / dense_layers / patch_engine (the
-            engines), postprocess (the paper's, the spine filter, the bone refinement), mine (hard examples),
-            cases / batch / report (many CTs, metrics.csv), metrics, overlay, cli
+            engines), postprocess (the paper's, the spine filter, the bone refinement), mine (hard
+            examples), cases / batch / report (many CTs, metrics.csv), metrics, overlay, cli
 
 Inference imports ``train.model`` and ``train.checkpoint`` only, never the training loop.
 """

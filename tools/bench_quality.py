@@ -36,7 +36,8 @@ BENCH_TRAIN = ["--epochs", "{epochs}", "--lr-step", "{lr_step}", "--device", "cp
 
 # Recipes: training data ("ct" or "ct+phantoms"), `patchstore build` and `train run` options,
 # a round of `infer mine`, the post-processing applied to the probability (`infer volume
-# --postprocess`), and "from": reuse that row's model and probabilities (a post-processing variant).
+# --postprocess`), the refinement's floor in HU ("refine": `--refine`; absent: none), and "from":
+# reuse that row's model and probabilities (a post-processing variant).
 PAPER_BUILD = ["--pixel-mm", "native", "--label-rule", "majority", "--stride", "12", "--hu-gain", "0",
                "--hu-offset", "0", "--noise-hu", "0"]
 CHOSEN = ["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"]
@@ -93,6 +94,8 @@ ROWS = {
                     post="spine"),
     "gain0.4+blur2.5": dict(data="ct", build=PAPER_BUILD + CHOSEN + JITTER3 + ["--blur-px", "2.5"],
                             train=["--init", "kaiming"], mine=False, post="spine"),
+    "gain0.4+refine": dict(post="spine", refine=100.0, **{"from": "gain0.4"}),
+    "gain0.4+blur2.5+refine": dict(post="spine", refine=100.0, **{"from": "gain0.4+blur2.5"}),
 }
 
 
