@@ -101,8 +101,12 @@ def _print_scores(entry: dict, cfg) -> None:
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="A single CT: the mask file (format from the extension). Otherwise a folder: one <case>.nii.gz "
                    "per case.")
-@click.option("--engine", type=click.Choice(["dense", "patches"]), default="dense", show_default=True,
-              help="dense: exact fully convolutional rewrite; patches: literal patch extraction (reference).")
+@click.option("--engine", type=click.Choice(["dense", "patches", "cascade"]), default="dense", show_default=True,
+              help="dense: exact fully convolutional rewrite; patches: literal patch extraction (reference); cascade: "
+                   "the dense engine on a lattice of every --cascade-step-th pixel, then exactly where the answer can "
+                   "change, interpolated elsewhere (faster; not exact: see README).")
+@click.option("--cascade-step", type=click.Choice(["2", "4"]), default="4", show_default=True,
+              help="--engine cascade: pixels between lattice lines.")
 @click.option("--skip-zero/--no-skip-zero", default=True, show_default=True,
               help="Pixels whose whole patch is zero after windowing get the zero patch's class (exact).")
 @click.option("--body-mask", is_flag=True,
@@ -143,7 +147,7 @@ def _print_scores(entry: dict, cfg) -> None:
                    "skip them, to resume an interrupted run).")
 @click.option("--json", "as_json", is_flag=True, help="Print each case's report as JSON (keyed by input image).")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-case timing lines.")
-def volume(inputs, checkpoint, out, engine, skip_zero, body_mask, batch_slices, device, bf16, tf32, postprocess,
+def volume(inputs, checkpoint, out, engine, cascade_step, skip_zero, body_mask, batch_slices, device, bf16, tf32, postprocess,
            refine, threshold, probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json, quiet) -> None:
     """Segment the vertebrae of each CT into a mask (uint8, 1 = vertebra) with the CT's exact geometry.
 
@@ -198,7 +202,7 @@ def volume(inputs, checkpoint, out, engine, skip_zero, body_mask, batch_slices, 
                                      trained_at=trained_at, warn=lambda s: click.echo(f"warning: {s}", err=True),
                                      progress=advance, postprocess_method=postprocess, threshold=threshold,
                                      refine=refine,
-                                     engine=engine, skip_zero=skip_zero, body=body_mask, batch_slices=batch_slices,
+                                     engine=engine, cascade_step=int(cascade_step), skip_zero=skip_zero, body=body_mask, batch_slices=batch_slices,
                                      device=dev, bf16=bf16, tf32=tf32)
             if not quiet and not as_json:
                 click.echo(f"{case.image} -> {plan.mask}: {entry['seconds']:.1f} s, {entry['pixels_per_s']:,} "

@@ -82,9 +82,12 @@ def _sum_into(out: torch.Tensor, terms: list[torch.Tensor]) -> torch.Tensor:
 
 
 def conv3_pool3(
-    t: torch.Tensor, q: torch.Tensor, c3: torch.Tensor, m: torch.Tensor, p3: torch.Tensor
+    t: torch.Tensor, q: torch.Tensor, c3: torch.Tensor, m: torch.Tensor, p3: torch.Tensor, step: int = 4
 ) -> torch.Tensor:
     """conv3 (per-patch zero padding) + relu + pool3 from the tap products T.
+
+    step: the distance of a patch's neighbouring pool2 samples in ``t``: 4 on the dense grid, 1
+    on the lattice of one phase (``infer.cascade``); ``t`` then has 2 * step more rows and columns.
 
     t:  (rb+8, wc+8, 3(a), 3(b), 256) T_ab at P2 positions.       Workspaces:
     q:  (rb, wc+8, 3(s), 3(b), 256) row-summed taps.
@@ -94,10 +97,10 @@ def conv3_pool3(
     """
     rb, wc = c3.shape[0], c3.shape[1]
     for s in range(3):  # valid row taps: a = u - s + 1 in [0, 2]
-        rows = [t[4 * u : 4 * u + rb, :, u - s + 1] for u in range(3) if 0 <= u - s + 1 <= 2]
+        rows = [t[step * u : step * u + rb, :, u - s + 1] for u in range(3) if 0 <= u - s + 1 <= 2]
         _sum_into(q[:, :, s], rows)
     for tt in range(3):  # valid column taps: b = v - tt + 1 in [0, 2]
-        cols = [q[:, 4 * v : 4 * v + wc, :, v - tt + 1] for v in range(3) if 0 <= v - tt + 1 <= 2]
+        cols = [q[:, step * v : step * v + wc, :, v - tt + 1] for v in range(3) if 0 <= v - tt + 1 <= 2]
         _sum_into(c3[:, :, tt], cols)
     torch.maximum(c3[:, :, :, :2], c3[:, :, :, 1:], out=m)
     torch.maximum(m[:, :, :2], m[:, :, 1:], out=p3)

@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from infer.cascade import CascadeEngine
 from infer.dense import DenseOPConvNet, patch_nonzero
 from infer.patch_engine import patch_logits
 from infer.postprocess import body_mask, postprocess
@@ -30,7 +31,7 @@ from patchstore.stages.resample import PlaneGrid, plane_grid, to_grid_image, to_
 from train.checkpoint import load_checkpoint
 from train.model import OPConvNet
 
-ENGINES = ("dense", "patches")
+ENGINES = ("dense", "patches", "cascade")
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def grid_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, grid: P
                      skip_zero: bool = True, body: bool = False, batch_slices: int = 4,
                      device: torch.device | None = None, bf16: bool = False, tf32: bool = False,
                      band_rows: int | None = None, tile_cols: int | None = None, stage1_rows: int | None = None,
-                     patch_batch: int | None = None,
+                     patch_batch: int | None = None, cascade_step: int = 4,
                      prefetch: bool | None = None) -> Iterator[tuple[int, np.ndarray, int]]:
     """Batches of (first slice z0, (B, H2, W2) float32 probability of vertebra on ``grid``'s
     working pixels, pixels skipped) over the (Z, H, W) HU volume ``hu``.
@@ -169,6 +170,8 @@ def grid_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, grid: P
         results approximate. tf32: TF32 matmuls and convolutions on CUDA (approximate).
     band_rows, tile_cols, stage1_rows: the dense engine's (None: the device's defaults);
     patch_batch: the patch engine's patches per pass (None: the device's default).
+    engine "cascade": the dense engine on a lattice of every ``cascade_step``-th row and column,
+        then exactly where the answer can change (``infer.cascade``; not exact elsewhere).
     prefetch: prepare the next batch on the host while this one runs (None: on a GPU only). The
         results do not depend on it, nor on the band sizes or patch_batch.
     """
@@ -182,14 +185,17 @@ def grid_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, grid: P
     if batch_slices < 1:
         raise ValueError(f"batch_slices is {batch_slices}; expected an integer >= 1")
     dense = (dense_engine(model, device, bf16=bf16, tf32=tf32, band_rows=band_rows, tile_cols=tile_cols,
-                          stage1_rows=stage1_rows) if engine == "dense" else None)
+                          stage1_rows=stage1_rows) if engine != "patches" else None)
+    if engine == "cascade":
+        dense = CascadeEngine(dense, step=cascade_step)
     cuda = device.type == "cuda"
     batches = prepared_batches(hu, grid, cfg, batch_slices, skip_zero, body, pin=cuda,
                                prefetch=cuda if prefetch is None else prefetch)
     return _classify(batches, model, dense, device, bf16, tf32, patch_batch)
 
 
-def _classify(batches: Iterator[Batch], model: OPConvNet, dense: DenseOPConvNet | None, device: torch.device,
+def _classify(batches: Iterator[Batch], model: OPConvNet, dense: DenseOPConvNet | CascadeEngine | None,
+              device: torch.device,
               bf16: bool, tf32: bool, patch_batch: int | None) -> Iterator[tuple[int, np.ndarray, int]]:
     """Run each batch on ``device``; a batch's probabilities are read back only after the next
     batch's work is queued, so the host's part (the caller's resampling back, the next

@@ -1,0 +1,172 @@
+"""Coarse-to-fine inference: the exact network on a lattice, then exactly where the answer can change.
+
+    pass 1  lattice pixels (rows and columns step // 2 + step * k) get their exact logits from
+            ``lattice_logits``: OP-convNet's own strided layers run over the whole slice (conv1
+            stride 2, pool1 stride 2: one output per 4 pixels), one pass per phase modulo 4, so a
+            step-4 lattice costs about 1/16 of the dense engine and a step-2 lattice 1/4
+    pass 2  pixels whose neighbourhood is not settled get their exact logits from the dense
+            engine's sparse mode (``DenseOPConvNet(x, need)``)
+    rest    settled pixels take the bilinear interpolation of the lattice's logit difference
+
+A pixel is settled when every lattice pixel in the 3x3 lattice neighbourhood of its nearest
+lattice pixel (so every lattice pixel within 1.5 steps of it) is confidently on one side:
+vertebra probability below ``low`` or above ``high``. The interpolated probability then lies on
+that side too, so the class can differ from the exact engine's only where the network's answer
+turns over and back between lattice pixels less than 1.5 steps apart, without any of them
+seeing it: a structure thinner than about a step that no lattice pixel's patch classifies near
+the threshold. The 32x32 patch moves by at most ``step`` pixels between lattice pixels, so this
+needs the answer to flip on a shift of a few pixels with no sign of it at either end.
+``tools/bench_infer.py`` measures how often it happens on real CT (pixels whose class differs,
+and the DSC change against a reference); ``--engine dense`` stays the exact reference.
+
+Pixels outside the zero-skip's ``need`` get the zero patch's logits, exactly as in the dense
+engine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from infer.dense import DenseOPConvNet, host_mask, to_device
+from infer.dense_layers import conv3_pool3
+from infer.patch_engine import check_slices, pad_slices
+from train.model import fp32_precision
+
+__all__ = ["CascadeEngine", "lattice_logits", "lattice_lines"]
+
+BAND = 16  # lattice rows per conv3 band: workspaces of a few MB on a 512-wide slice
+
+
+def lattice_lines(n: int, step: int) -> np.ndarray:
+    """The lattice's rows (or columns) of a slice n pixels high (wide): step // 2, + step, ..."""
+    return np.arange(step // 2, n, step)
+
+
+@torch.inference_mode()
+def lattice_logits(dense: DenseOPConvNet, x: torch.Tensor, phase: tuple[int, int],
+                   need: np.ndarray | None = None) -> torch.Tensor:
+    """x (H, W) one slice -> (2, Hl, Wl) exact logits of the pixels (phase[0] + 4i, phase[1] + 4j).
+
+    Pixel r's patch reads pool2 at dense position r + 4s (``infer.dense_layers``), so the pixels
+    of one phase modulo 4 read pool2 only on one 4-spaced grid; conv2 and pool1 outputs there,
+    and conv1 outputs on a 2-spaced grid. These are the patch network's own strided layers run
+    over the padded slice from the phase's corner. need: (Hl, Wl) bool, lattice pixels whose fc
+    layers run (the others keep the zero patch's logits); None: all.
+    """
+    a, b = phase
+    h, w = x.shape
+    hl, wl = len(range(a, h, 4)), len(range(b, w, 4))
+    out = dense.zero.view(2, 1, 1).expand(2, hl, wl).contiguous()
+    if hl == 0 or wl == 0 or (need is not None and not need.any()):
+        return out
+    src = pad_slices(x[None])[0, a:, b:][None, None]  # (1, 1, H+31-a, W+31-b)
+    w1 = dense.w1.t().reshape(-1, 1, 3, 3)
+    p1 = F.max_pool2d(F.conv2d(src, w1, dense.b1, stride=2), 3, stride=2).relu_()
+    p2 = F.max_pool2d(F.conv2d(p1, dense.w2, dense.b2), 3, stride=1).relu_()  # (1, 128, >= hl+2, >= wl+2)
+    p2 = p2[0, :, : hl + 2, : wl + 2].permute(1, 2, 0)  # pixel-major (hl+2, wl+2, 128)
+    n_t = dense.wt.shape[1]
+    for i0 in range(0, hl, BAND):
+        rb = min(BAND, hl - i0)
+        nb = None if need is None else need[i0 : i0 + rb]
+        if nb is not None and not nb.any():
+            continue
+        rows = p2[i0 : i0 + rb + 2].reshape(-1, p2.shape[-1])
+        t = torch.addmm(dense.bt, rows, dense.wt).view(rb + 2, wl + 2, 3, 3, -1)
+        c = n_t // 9
+        p3 = conv3_pool3(t, torch.empty(rb, wl + 2, 3, 3, c, dtype=t.dtype, device=t.device),
+                         torch.empty(rb, wl, 3, 3, c, dtype=t.dtype, device=t.device),
+                         torch.empty(rb, wl, 3, 2, c, dtype=t.dtype, device=t.device),
+                         torch.empty(rb, wl, 2, 2, c, dtype=t.dtype, device=t.device), step=1)
+        dense._fc_write(p3.view(rb * wl, -1), nb, out[:, i0 : i0 + rb])
+    return out
+
+
+def _interpolation(n: int, lines: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For pixels 0..n-1 along one axis: the lattice indices below and above and the weight of
+    the upper one (linear; clamped to the first and last lattice line outside them)."""
+    r = np.arange(n, dtype=np.float64)
+    k = np.clip(np.searchsorted(lines, r, side="right") - 1, 0, len(lines) - 1)
+    k1 = np.minimum(k + 1, len(lines) - 1)
+    span = np.where(k1 > k, lines[k1] - lines[k], 1)
+    wgt = np.clip((r - lines[k]) / span, 0.0, 1.0)
+    return torch.from_numpy(k), torch.from_numpy(k1), torch.from_numpy(wgt.astype(np.float32))
+
+
+class CascadeEngine:
+    """(B, H, W) slices, need -> (B, 2, H, W) logits: exact on the lattice and wherever a pixel is
+    not settled (see the module's text), interpolated elsewhere.
+
+    step: lattice spacing in pixels, 2 or 4 (the pool2 grid's 4 must be a multiple of it);
+    low, high: the vertebra probabilities between which a lattice pixel is not confident.
+    Settled pixels get the logits (0, d) with d the interpolated logit difference; ``evaluated``
+    counts the pixels whose logits the network computed in the last call.
+    """
+
+    def __init__(self, dense: DenseOPConvNet, *, step: int = 4, low: float = 0.02, high: float = 0.98,
+                 reach: str = "cell") -> None:
+        if step not in (2, 4):
+            raise ValueError(f"cascade step is {step!r}; expected 2 or 4 (pixels between lattice lines)")
+        if not 0.0 < low < 0.5 < high < 1.0:
+            raise ValueError(f"cascade probabilities low={low}, high={high}; expected 0 < low < 0.5 < high < 1")
+        self.dense, self.step, self.low, self.high, self.reach = dense, step, low, high, reach
+        self.evaluated = 0
+
+    def __call__(self, slices: torch.Tensor, need: torch.Tensor | None = None) -> torch.Tensor:
+        check_slices(slices, need)
+        n_b, h, w = slices.shape
+        need_host = np.ones((n_b, h, w), bool) if need is None else host_mask(need)
+        out = self.dense.zero.view(1, 2, 1, 1).expand(n_b, 2, h, w).contiguous()
+        self.evaluated = 0
+        with torch.inference_mode(), fp32_precision(slices.device, self.dense.tf32):
+            for b in range(n_b):
+                self._slice(slices[b].to(self.dense.dtype), need_host[b], out[b])
+        return out
+
+    def _slice(self, x: torch.Tensor, need: np.ndarray, out: torch.Tensor) -> None:
+        if not need.any():
+            return
+        h, w = x.shape
+        rows, cols = lattice_lines(h, self.step), lattice_lines(w, self.step)
+        coarse = out.new_empty((2, len(rows), len(cols)))
+        at_lattice = need[np.ix_(rows, cols)]
+        for a in sorted({int(r) % 4 for r in rows}):  # one pass per phase modulo 4
+            for b in sorted({int(c) % 4 for c in cols}):
+                ri, ci = rows % 4 == a, cols % 4 == b
+                coarse[:, ri[:, None] & ci[None, :]] = lattice_logits(
+                    self.dense, x, (a, b), at_lattice[np.ix_(ri, ci)]).float().reshape(2, -1)
+        self.evaluated += int(at_lattice.sum())
+        d = coarse[1] - coarse[0]  # (Hl, Wl) logit difference: > 0 is vertebra
+        lo, hi = np.log(self.low / (1 - self.low)), np.log(self.high / (1 - self.high))
+        (r0, r1, rw), (c0, c1, cw) = _interpolation(h, rows), _interpolation(w, cols)
+        if self.reach == "cell":  # the (up to) 4 corners of the pixel's lattice cell
+            d4 = F.pad(d[None, None], (0, 1, 0, 1), mode="replicate")
+            hi_d = F.max_pool2d(d4, 2, 1)[0, 0]
+            lo_d = -F.max_pool2d(-d4, 2, 1)[0, 0]
+            settled = ((hi_d < lo) | (lo_d > hi)).cpu()
+            settled_px = settled[r0][:, c0].numpy()
+        else:  # the 3x3 lattice neighbourhood of the pixel's nearest lattice pixel
+            d4 = d[None, None]
+            settled = ((F.max_pool2d(d4, 3, 1, 1) < lo) | (-F.max_pool2d(-d4, 3, 1, 1) > hi))[0, 0].cpu()
+            near_r = torch.from_numpy(np.clip(np.rint((np.arange(h) - rows[0]) / self.step), 0, len(rows) - 1).astype(np.int64))
+            near_c = torch.from_numpy(np.clip(np.rint((np.arange(w) - cols[0]) / self.step), 0, len(cols) - 1).astype(np.int64))
+            settled_px = settled[near_r][:, near_c].numpy()
+        on_lattice = np.zeros((h, w), bool)
+        on_lattice[np.ix_(rows, cols)] = True
+        fine = need & ~settled_px & ~on_lattice
+        # settled pixels: the interpolated logit difference (bilinear over the lattice)
+        dev = d.device
+        r0, r1, rw, c0, c1, cw = (v.to(dev) for v in (r0, r1, rw, c0, c1, cw))
+        top = d[r0][:, c0] * (1 - cw) + d[r0][:, c1] * cw
+        bottom = d[r1][:, c0] * (1 - cw) + d[r1][:, c1] * cw
+        interp = top * (1 - rw[:, None]) + bottom * rw[:, None]
+        fill = to_device(need & ~fine & ~on_lattice, out.device)
+        out[0][fill] = 0.0
+        out[1][fill] = interp[fill].to(out.dtype)
+        out[:, rows[:, None], cols[None, :]] = coarse.to(out.dtype)  # exact (zero patch's where not needed)
+        if fine.any():
+            exact = self.dense(x[None], torch.from_numpy(fine[None]))[0]
+            sel = to_device(fine, out.device)
+            out[:, sel] = exact[:, sel]
+            self.evaluated += int(fine.sum())

@@ -1,0 +1,123 @@
+"""The cascade engine: exact logits on its lattice (every phase modulo 4), exact wherever a pixel is
+not settled, and elsewhere the interpolated answer of lattice pixels that all agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from infer.cascade import CascadeEngine, lattice_lines, lattice_logits
+from infer.cli import main
+from infer.dense import DenseOPConvNet, patch_nonzero
+from patchstore.io.volume import read_volume, write_volume
+from tests.builders import lps_geometry, write_checkpoint
+from train.model import OPConvNet
+
+
+def _net(scale: float = 1.0, seed: int = 0) -> OPConvNet:
+    torch.manual_seed(seed)
+    net = OPConvNet().eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(scale)
+    return net
+
+
+def _blobs(shape, seed: int = 0) -> torch.Tensor:
+    """(B, H, W) in [0, 1]: zero (windowed-out soft tissue) with a few bright discs and noise on them."""
+    g = torch.Generator().manual_seed(seed)
+    b, h, w = shape
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    x = torch.zeros(shape)
+    for i in range(b):
+        for _ in range(3):
+            cy, cx, r = (torch.rand(3, generator=g) * torch.tensor([h, w, 8.0])).tolist()
+            x[i][(yy - cy) ** 2 + (xx - cx) ** 2 < (r + 4) ** 2] = 0.3 + 0.4 * torch.rand(1, generator=g).item()
+    return x * (0.8 + 0.4 * torch.rand(shape, generator=g))
+
+
+@pytest.mark.parametrize("shape", [(37, 45), (64, 64), (9, 5), (4, 70)])
+def test_lattice_logits_equal_the_dense_engine_at_every_phase(shape):
+    net = _net(1.5)
+    dense = DenseOPConvNet(net)
+    x = torch.rand(1, *shape) * (torch.rand(1, *shape) > 0.4)
+    ref = dense(x)[0]
+    for a in range(4):
+        for b in range(4):
+            got = lattice_logits(dense, x[0], (a, b))
+            assert got.shape == ref[:, a::4, b::4].shape
+            torch.testing.assert_close(got, ref[:, a::4, b::4], atol=1e-4, rtol=1e-4)
+    # fc only where asked: the other lattice pixels keep the zero patch's logits
+    need = np.zeros(ref[:, 2::4, 1::4].shape[1:], bool)
+    need[0, 0] = True
+    got = lattice_logits(dense, x[0], (2, 1), need)
+    torch.testing.assert_close(got[:, 0, 0], ref[:, 2, 1], atol=1e-4, rtol=1e-4)
+    assert torch.equal(got[:, ~torch.from_numpy(need)], dense.zero[:, None].expand(2, int((~need).sum())))
+
+
+@pytest.mark.parametrize("step", [2, 4])
+def test_cascade_with_nothing_settled_is_the_dense_engine(step):
+    """low and high at the ends: no lattice pixel is confident, every pixel is evaluated exactly."""
+    dense = DenseOPConvNet(_net(1.5))
+    x = _blobs((2, 40, 52))
+    need = patch_nonzero(x)
+    cascade = CascadeEngine(dense, step=step, low=1e-12, high=1 - 1e-12)
+    torch.testing.assert_close(cascade(x, need), dense(x, need), atol=1e-4, rtol=1e-4)
+    assert cascade.evaluated == int(need.sum())
+
+
+@pytest.mark.parametrize("step", [2, 4])
+def test_cascade_is_exact_or_agrees_with_every_corner_of_its_cell(step):
+    """Each pixel's logits are the dense engine's, or the pixel is settled: every lattice pixel at
+    a corner of its cell confidently on one side, and the cascade's class is that side. Fewer
+    pixels are evaluated than the zero-skip alone evaluates."""
+    dense = DenseOPConvNet(_net(3.0, seed=1))
+    x = _blobs((2, 64, 72), seed=3)
+    need = patch_nonzero(x)
+    cascade = CascadeEngine(dense, step=step, low=0.1, high=0.9)
+    got, ref = cascade(x, need), dense(x, need)
+    d_ref = ref[:, 1] - ref[:, 0]
+    d_got = got[:, 1] - got[:, 0]
+    lo, hi = np.log(0.1 / 0.9), np.log(0.9 / 0.1)
+    rows, cols = lattice_lines(64, step), lattice_lines(72, step)
+    inexact = ~torch.isclose(d_got, d_ref, atol=1e-4, rtol=1e-4)
+    assert 0 < cascade.evaluated < int(need.sum())
+    assert inexact.any()  # some pixels were interpolated
+    for b, r, c in inexact.nonzero().tolist():
+        assert need[b, r, c] and not (r in rows and c in cols)
+        i0 = max(0, min(np.searchsorted(rows, r, side="right") - 1, len(rows) - 1))
+        j0 = max(0, min(np.searchsorted(cols, c, side="right") - 1, len(cols) - 1))
+        corners = d_ref[b, rows[[i0, min(i0 + 1, len(rows) - 1)]][:, None], cols[[j0, min(j0 + 1, len(cols) - 1)]]]
+        assert bool((corners < lo).all()) or bool((corners > hi).all()), (b, r, c, corners)
+        assert (d_got[b, r, c] > 0) == bool((corners > hi).all())
+
+
+def test_cascade_refuses_a_step_the_pool_grid_does_not_divide():
+    dense = DenseOPConvNet(_net())
+    for step in (1, 3, 8):
+        with pytest.raises(ValueError, match="cascade step is"):
+            CascadeEngine(dense, step=step)
+    with pytest.raises(ValueError, match="low=0.6"):
+        CascadeEngine(dense, low=0.6)
+
+
+def test_infer_volume_engine_cascade_gives_the_dense_mask_on_a_phantom_slice(tmp_path):
+    """A bone block in soft tissue through the CLI: the cascade's mask and probabilities agree with
+    the dense engine's (the probability within 0.05 where interpolated)."""
+    shape = (2, 48, 52)
+    rng = np.random.default_rng(0)
+    hu = rng.normal(40, 30, shape).astype(np.int16)
+    hu[:, 14:34, 16:36] = 700
+    image = write_volume(tmp_path / "ct.nii.gz", hu, lps_geometry(shape))
+    ckpt = write_checkpoint(tmp_path / "m.pt", model=_net(2.0, seed=2).state_dict())
+    probs = {}
+    for engine in ("dense", "cascade"):
+        res = CliRunner().invoke(main, ["volume", str(image), "-m", str(ckpt), "-o", str(tmp_path / f"{engine}.nii.gz"),
+                                        "--engine", engine, "--probabilities", str(tmp_path / f"{engine}_p.nii.gz"),
+                                        "--postprocess", "none", "--quiet"])
+        assert res.exit_code == 0, res.output
+        probs[engine] = read_volume(tmp_path / f"{engine}_p.nii.gz").array
+    assert np.abs(probs["dense"] - probs["cascade"]).max() < 0.05
+    np.testing.assert_array_equal(probs["dense"] > 0.5, probs["cascade"] > 0.5)
