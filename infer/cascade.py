@@ -8,14 +8,14 @@
             engine's sparse mode (``DenseOPConvNet(x, need)``)
     rest    settled pixels take the bilinear interpolation of the lattice's logit difference
 
-A pixel is settled when every lattice pixel in the 3x3 lattice neighbourhood of its nearest
-lattice pixel (so every lattice pixel within 1.5 steps of it) is confidently on one side:
-vertebra probability below ``low`` or above ``high``. The interpolated probability then lies on
-that side too, so the class can differ from the exact engine's only where the network's answer
-turns over and back between lattice pixels less than 1.5 steps apart, without any of them
-seeing it: a structure thinner than about a step that no lattice pixel's patch classifies near
-the threshold. The 32x32 patch moves by at most ``step`` pixels between lattice pixels, so this
-needs the answer to flip on a shift of a few pixels with no sign of it at either end.
+A pixel is settled when the lattice pixels at the corners of its cell (the 4 it is interpolated
+from; 2 or 1 beyond the last lattice line) are all confidently on one side: vertebra probability
+below ``low`` or above ``high``. The interpolated logit then lies on that side too, so the class
+can differ from the exact engine's only where the network's answer turns over and back between
+four lattice pixels at most ``step`` pixels apart, all of them confident: a structure thinner
+than a step whose patches the lattice pixels' patches (shifted by at most ``step`` of 32 pixels)
+all classify confidently the other way. Checking the 3x3 lattice neighbourhood instead of the
+cell's corners evaluated 30 % more pixels for no measured gain in agreement.
 ``tools/bench_infer.py`` measures how often it happens on real CT (pixels whose class differs,
 and the DSC change against a reference); ``--engine dense`` stays the exact reference.
 
@@ -104,13 +104,12 @@ class CascadeEngine:
     counts the pixels whose logits the network computed in the last call.
     """
 
-    def __init__(self, dense: DenseOPConvNet, *, step: int = 4, low: float = 0.02, high: float = 0.98,
-                 reach: str = "cell") -> None:
+    def __init__(self, dense: DenseOPConvNet, *, step: int = 4, low: float = 0.02, high: float = 0.98) -> None:
         if step not in (2, 4):
             raise ValueError(f"cascade step is {step!r}; expected 2 or 4 (pixels between lattice lines)")
         if not 0.0 < low < 0.5 < high < 1.0:
             raise ValueError(f"cascade probabilities low={low}, high={high}; expected 0 < low < 0.5 < high < 1")
-        self.dense, self.step, self.low, self.high, self.reach = dense, step, low, high, reach
+        self.dense, self.step, self.low, self.high = dense, step, low, high
         self.evaluated = 0
 
     def __call__(self, slices: torch.Tensor, need: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,19 +138,11 @@ class CascadeEngine:
         self.evaluated += int(at_lattice.sum())
         d = coarse[1] - coarse[0]  # (Hl, Wl) logit difference: > 0 is vertebra
         lo, hi = np.log(self.low / (1 - self.low)), np.log(self.high / (1 - self.high))
+        # settled: the (up to) 4 lattice pixels at the corners of the pixel's cell all below low or all above high
         (r0, r1, rw), (c0, c1, cw) = _interpolation(h, rows), _interpolation(w, cols)
-        if self.reach == "cell":  # the (up to) 4 corners of the pixel's lattice cell
-            d4 = F.pad(d[None, None], (0, 1, 0, 1), mode="replicate")
-            hi_d = F.max_pool2d(d4, 2, 1)[0, 0]
-            lo_d = -F.max_pool2d(-d4, 2, 1)[0, 0]
-            settled = ((hi_d < lo) | (lo_d > hi)).cpu()
-            settled_px = settled[r0][:, c0].numpy()
-        else:  # the 3x3 lattice neighbourhood of the pixel's nearest lattice pixel
-            d4 = d[None, None]
-            settled = ((F.max_pool2d(d4, 3, 1, 1) < lo) | (-F.max_pool2d(-d4, 3, 1, 1) > hi))[0, 0].cpu()
-            near_r = torch.from_numpy(np.clip(np.rint((np.arange(h) - rows[0]) / self.step), 0, len(rows) - 1).astype(np.int64))
-            near_c = torch.from_numpy(np.clip(np.rint((np.arange(w) - cols[0]) / self.step), 0, len(cols) - 1).astype(np.int64))
-            settled_px = settled[near_r][:, near_c].numpy()
+        d4 = F.pad(d[None, None], (0, 1, 0, 1), mode="replicate")
+        cell_max, cell_min = F.max_pool2d(d4, 2, 1)[0, 0], -F.max_pool2d(-d4, 2, 1)[0, 0]
+        settled_px = ((cell_max < lo) | (cell_min > hi)).cpu()[r0][:, c0].numpy()
         on_lattice = np.zeros((h, w), bool)
         on_lattice[np.ix_(rows, cols)] = True
         fine = need & ~settled_px & ~on_lattice
