@@ -19,6 +19,7 @@ from infer.metrics import reasons_for, segmentation_metrics
 from infer.overlay import write_overlays, write_summary
 from infer.predict import pixel_warning, read_reference, segment
 from patchstore.config import BuildConfig
+from patchstore.io.check import intensity_problem
 from patchstore.io.volume import read_volume, write_mask, write_oriented
 from patchstore.stages.patches import rule_dsc
 from patchstore.stages.resample import plane_grid
@@ -50,9 +51,9 @@ def segment_case(case: Case, outputs: CaseOutputs, model, cfg: BuildConfig, *, l
             progress(done, vol.array.shape[0])
 
     ref = read_reference(case.reference, vol, labels) if case.reference else None
-    warning = pixel_warning(cfg, trained_at, vol.geometry.spacing_zyx[1:])
-    if warning:
-        warn(f"{case.image}: {warning}")
+    for warning in (intensity_problem(vol.array), pixel_warning(cfg, trained_at, vol.geometry.spacing_zyx[1:])):
+        if warning:
+            warn(f"{case.image}: {warning}")
     pred = segment(model, cfg, vol, postprocess_method=postprocess_method, threshold=threshold,
                    refine=refine, progress=step, **engine_options)
     if not pred.mask.any():

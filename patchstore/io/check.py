@@ -18,6 +18,23 @@ RULE_DSC_GOAL = 0.85  # the pixel size suggested lifts it to at least this
 SUGGESTED_PIXELS = (0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)  # mm, coarsest first
 
 
+def intensity_problem(hu: np.ndarray) -> str | None:
+    """Why ``hu`` does not look like CT in Hounsfield units (None: it does).
+
+    No bone (maximum below 100: a normalised or windowed image), or no air and a median above
+    500 HU: stored values whose rescale slope and intercept were lost (air then reads 0 and soft
+    tissue about 1,064). A crop inside the body (no air, median near soft tissue's 40 HU) passes.
+    """
+    lo, hi = float(hu.min()), float(hu.max())
+    expected = f"intensity range [{lo:g}, {hi:g}]; expected CT in Hounsfield units (air near -1000, bone above 100)"
+    if hi < 100:
+        return expected
+    median = float(np.median(hu[::4, ::4, ::4]))
+    if lo > -200 and median > 500:
+        return f"{expected}, soft tissue near 40; the median is {median:.0f}: a lost rescale slope / intercept?"
+    return None
+
+
 @dataclass
 class CaseReport:
     case_id: str
@@ -140,10 +157,9 @@ def check_case(case_id: str, image: Path, mask: Path, labels: tuple[int, ...], p
         report.problems.append(f"{mask}: the {rule} label rule finds no vertebra patch of {patch}x{patch} "
                                f"pixels at {report.working_pixel:.3g} mm, so a build gets none; expected finer "
                                f"pixels (--pixel-mm, the paper's CSI data: 0.31-0.45 mm) or --label-rule centre")
-    hu_lo, hu_hi = float(case.image.min()), float(case.image.max())
-    if hu_hi < 100 or hu_lo > -200:
-        report.problems.append(f"{image}: intensity range [{hu_lo:g}, {hu_hi:g}]; expected CT in "
-                               f"Hounsfield units (air near -1000, bone above 100)")
+    not_hu = intensity_problem(case.image)
+    if not_hu:
+        report.problems.append(f"{image}: {not_hu}")
     elif report.vertebra_voxels:
         median = float(np.median(case.image[case.mask.astype(bool)]))
         if median < 100:

@@ -152,3 +152,16 @@ def test_refine_keeps_the_bone_of_what_the_network_draws(tmp_path, rng):
                                     "--refine", "bone"])
     assert res.exit_code == 2 and "--refine" in res.output and "'bone'" in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_ct_not_in_hounsfield_units_is_segmented_with_a_warning(tmp_path, rng):
+    """Stored values with the rescale intercept lost (+1024): `infer volume` warns, naming the file
+    and the range, and still writes the mask."""
+    image, _ = _case(tmp_path / "d", "c0", rng)
+    vol = read_volume(image)
+    shifted = write_volume(tmp_path / "shifted.nii.gz", (vol.array + 1024).astype(np.int16), vol.geometry)
+    res = CliRunner().invoke(main, ["volume", str(shifted), "-m", str(write_checkpoint(tmp_path / "m.pt")),
+                                    "-o", str(tmp_path / "pred.nii.gz"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert f"warning: {shifted}: intensity range [" in res.stderr and "rescale" in res.stderr
+    assert (tmp_path / "pred.nii.gz").exists()

@@ -6,8 +6,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from patchstore.cli import main
-from patchstore.io.check import check_dataset
-from patchstore.io.volume import write_volume
+from patchstore.io.check import check_dataset, intensity_problem
+from patchstore.io.volume import read_volume, write_volume
 from tests.builders import lps_geometry
 
 
@@ -72,3 +72,30 @@ def test_check_real_ct_vertebrae(tmp_path, totalseg):
     assert fine.exit_code == 0 and "0 warning(s)" in fine.output
     dsc = float(fine.output.splitlines()[0].rsplit(f"{pixel} mm pixels", 1)[0].rsplit(", ", 1)[1].split()[0])
     assert dsc >= 0.85
+
+
+def test_intensity_problem_tells_hounsfield_units_from_other_scales():
+    """CT in HU passes, also a crop inside the body (no air); values with the rescale intercept lost
+    (air at 0, soft tissue near 1,064) and a normalised image (no bone above 100) do not, each
+    saying what it found and what was expected."""
+    rng = np.random.default_rng(0)
+    body = rng.normal(40, 20, (8, 48, 48))
+    body[:, 20:28, 20:28] = 700
+    ct = body.copy()
+    ct[:, :4] = -1000  # air above the patient
+    assert intensity_problem(ct) is None
+    assert intensity_problem(body - 150) is None  # a crop: fat and soft tissue, no air
+    stored = ct + 1024
+    found = intensity_problem(stored)
+    assert found and f"intensity range [{stored.min():g}, {stored.max():g}]" in found and "rescale" in found
+    unit = (ct - ct.min()) / (ct.max() - ct.min())
+    assert "expected CT in Hounsfield units" in intensity_problem(unit)
+
+
+def test_check_flags_a_volume_with_its_rescale_intercept_lost(tiny_dataset):
+    """`patchstore check` names the image and its intensity range; exit status 1."""
+    image = tiny_dataset / "imagesTr" / "case0_0000.nii.gz"
+    vol = read_volume(image)
+    write_volume(image, (vol.array + 1024).astype(np.int16), vol.geometry)
+    result = CliRunner().invoke(main, ["check", str(tiny_dataset), "--paper"])
+    assert result.exit_code == 1 and f"{image}: intensity range [" in result.output and "rescale" in result.output
