@@ -94,6 +94,14 @@ def test_cascade_is_exact_or_agrees_with_every_corner_of_its_cell(step):
         assert (d_got[b, r, c] > 0) == bool((corners > hi).all())
 
 
+def test_cascade_of_a_slice_thinner_than_half_a_step_is_exact():
+    dense = DenseOPConvNet(_net(1.5))
+    x = _blobs((1, 40, 2))
+    cascade = CascadeEngine(dense, step=4)
+    torch.testing.assert_close(cascade(x), dense(x), atol=1e-4, rtol=1e-4)
+    assert cascade.evaluated == 80
+
+
 def test_cascade_refuses_a_step_the_pool_grid_does_not_divide():
     dense = DenseOPConvNet(_net())
     for step in (1, 3, 8):
