@@ -32,8 +32,10 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def _refine(spec: str) -> str | float | None:
     """``--refine``: "window" (the checkpoint's window floor), None for "none", or a HU value."""
-    if spec in ("window", "none"):
-        return None if spec == "none" else spec
+    if spec == "window":
+        return spec
+    if spec == "none":
+        return None
     try:
         value = float(spec)
     except ValueError:
@@ -147,8 +149,9 @@ def _print_scores(entry: dict, cfg) -> None:
                    "skip them, to resume an interrupted run).")
 @click.option("--json", "as_json", is_flag=True, help="Print each case's report as JSON (keyed by input image).")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-case timing lines.")
-def volume(inputs, checkpoint, out, engine, cascade_step, skip_zero, body_mask, batch_slices, device, bf16, tf32, postprocess,
-           refine, threshold, probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json, quiet) -> None:
+def volume(inputs, checkpoint, out, engine, cascade_step, skip_zero, body_mask, batch_slices, device, bf16, tf32,
+           postprocess, refine, threshold, probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json,
+           quiet) -> None:
     """Segment the vertebrae of each CT into a mask (uint8, 1 = vertebra) with the CT's exact geometry.
 
     INPUT: a CT file (NIfTI, MHA/MHD, NRRD), a DICOM series folder, a folder of CTs (imagesTr/,
@@ -201,9 +204,9 @@ def volume(inputs, checkpoint, out, engine, cascade_step, skip_zero, body_mask, 
                 entry = segment_case(case, plan, model, cfg, labels=label_values, tolerance_mm=tolerance_mm,
                                      trained_at=trained_at, warn=lambda s: click.echo(f"warning: {s}", err=True),
                                      progress=advance, postprocess_method=postprocess, threshold=threshold,
-                                     refine=refine,
-                                     engine=engine, cascade_step=int(cascade_step), skip_zero=skip_zero, body=body_mask, batch_slices=batch_slices,
-                                     device=dev, bf16=bf16, tf32=tf32)
+                                     refine=refine, engine=engine, cascade_step=int(cascade_step),
+                                     skip_zero=skip_zero, body=body_mask, batch_slices=batch_slices, device=dev,
+                                     bf16=bf16, tf32=tf32)
             if not quiet and not as_json:
                 click.echo(f"{case.image} -> {plan.mask}: {entry['seconds']:.1f} s, {entry['pixels_per_s']:,} "
                            f"pixels/s, {entry['skipped_fraction']:.1%} of pixels skipped")
