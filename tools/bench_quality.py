@@ -95,6 +95,9 @@ ROWS = {
     "gain0.4+blur2.5": dict(data="ct", build=PAPER_BUILD + CHOSEN + JITTER3 + ["--blur-px", "2.5"],
                             train=["--init", "kaiming"], mine=False, post="spine"),
     "gain0.4+refine": dict(post="spine", refine=100.0, **{"from": "gain0.4"}),
+    # a lighter round of mining on the defaults' model (no phantoms)
+    "jitter2+mining1k": dict(data="ct", build=PAPER_BUILD + CHOSEN + JITTER2, train=["--init", "kaiming"], mine=True,
+                             mine_args=["--per-volume", "1000"], post="spine", refine=100.0, base="jitter2"),
     "gain0.4+blur2.5+refine": dict(post="spine", refine=100.0, **{"from": "gain0.4+blur2.5"}),
 }
 
