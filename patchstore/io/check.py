@@ -21,17 +21,19 @@ SUGGESTED_PIXELS = (0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2)  # mm, coarsest first
 def intensity_problem(hu: np.ndarray) -> str | None:
     """Why ``hu`` does not look like CT in Hounsfield units (None: it does).
 
-    No bone (maximum below 100: a normalised or windowed image), or no air and a median above
-    500 HU: stored values whose rescale slope and intercept were lost (air then reads 0 and soft
-    tissue about 1,064). A crop inside the body (no air, median near soft tissue's 40 HU) passes.
+    No bone (maximum below 100: a normalised or windowed image); or no air and either a median
+    above 500 or nothing below 0 (fat is about -100 HU): stored values whose rescale slope and
+    intercept were lost (air then reads 0 and soft tissue about 1,064), or not CT at all. A crop
+    inside the body (no air, but fat, and a median near soft tissue's 40 HU) passes.
     """
     lo, hi = float(hu.min()), float(hu.max())
     expected = f"intensity range [{lo:g}, {hi:g}]; expected CT in Hounsfield units (air near -1000, bone above 100)"
     if hi < 100:
         return expected
     median = float(np.median(hu[::4, ::4, ::4]))
-    if lo > -200 and median > 500:
-        return f"{expected}, soft tissue near 40; the median is {median:.0f}: a lost rescale slope / intercept?"
+    if lo > -200 and (median > 500 or lo >= 0):
+        return (f"{expected}, fat below 0, soft tissue near 40; the median is {median:.0f}: a lost rescale "
+                f"slope / intercept, or not CT?")
     return None
 
 

@@ -76,7 +76,7 @@ def test_check_real_ct_vertebrae(tmp_path, totalseg):
 
 def test_intensity_problem_tells_hounsfield_units_from_other_scales():
     """CT in HU passes, also a crop inside the body (no air); values with the rescale intercept lost
-    (air at 0, soft tissue near 1,064) and a normalised image (no bone above 100) do not, each
+    (air at 0, soft tissue near 1,064) a normalised image (no bone above 100) and values never below 0 do not, each
     saying what it found and what was expected."""
     rng = np.random.default_rng(0)
     body = rng.normal(40, 20, (8, 48, 48))
@@ -90,6 +90,7 @@ def test_intensity_problem_tells_hounsfield_units_from_other_scales():
     assert found and f"intensity range [{stored.min():g}, {stored.max():g}]" in found and "rescale" in found
     unit = (ct - ct.min()) / (ct.max() - ct.min())
     assert "expected CT in Hounsfield units" in intensity_problem(unit)
+    assert "rescale" in intensity_problem(np.abs(body) * 3)  # nothing below 0 (an MR-like range): not CT
 
 
 def test_check_flags_a_volume_with_its_rescale_intercept_lost(tiny_dataset):
