@@ -1,5 +1,5 @@
 """The cascade engine: exact logits on its lattice (every phase modulo 4), exact wherever a pixel is
-not settled, and elsewhere the interpolated answer of lattice pixels that all agree."""
+not settled, and elsewhere the bilinear interpolation of the lattice's logits, confident there."""
 
 from __future__ import annotations
 
@@ -68,30 +68,51 @@ def test_cascade_with_nothing_settled_is_the_dense_engine(step):
     assert cascade.evaluated == int(need.sum())
 
 
-@pytest.mark.parametrize("step", [2, 4])
-def test_cascade_is_exact_or_agrees_with_every_corner_of_its_cell(step):
-    """Each pixel's logits are the dense engine's, or the pixel is settled: every lattice pixel at
-    a corner of its cell confidently on one side, and the cascade's class is that side. Fewer
-    pixels are evaluated than the zero-skip alone evaluates."""
-    dense = DenseOPConvNet(_net(3.0, seed=1))
-    x = _blobs((2, 64, 72), seed=3)
-    need = patch_nonzero(x)
-    cascade = CascadeEngine(dense, step=step, low=0.1, high=0.9)
-    got, ref = cascade(x, need), dense(x, need)
-    d_ref = ref[:, 1] - ref[:, 0]
-    d_got = got[:, 1] - got[:, 0]
-    lo, hi = np.log(0.1 / 0.9), np.log(0.9 / 0.1)
-    rows, cols = lattice_lines(64, step), lattice_lines(72, step)
+def _check_exact_or_confident_interpolation(cascade: CascadeEngine, x: torch.Tensor, need: torch.Tensor) -> int:
+    """Every pixel's logits are the dense engine's, or the pixel is settled: its logit difference is
+    the bilinear interpolation of the exact lattice pixels at the corners of its cell, and that is
+    below logit(low) or above logit(high). Returns how many settled pixels have a corner that is
+    not confident on their side."""
+    got, ref = cascade(x, need), cascade.dense(x, need)
+    d_ref, d_got = ref[:, 1] - ref[:, 0], got[:, 1] - got[:, 0]
+    lo, hi = np.log(cascade.low / (1 - cascade.low)), np.log(cascade.high / (1 - cascade.high))
+    rows, cols = lattice_lines(x.shape[1], cascade.step), lattice_lines(x.shape[2], cascade.step)
     inexact = ~torch.isclose(d_got, d_ref, atol=1e-4, rtol=1e-4)
     assert 0 < cascade.evaluated < int(need.sum())
     assert inexact.any()  # some pixels were interpolated
+    mixed = 0
     for b, r, c in inexact.nonzero().tolist():
         assert need[b, r, c] and not (r in rows and c in cols)
         i0 = max(0, min(np.searchsorted(rows, r, side="right") - 1, len(rows) - 1))
         j0 = max(0, min(np.searchsorted(cols, c, side="right") - 1, len(cols) - 1))
-        corners = d_ref[b, rows[[i0, min(i0 + 1, len(rows) - 1)]][:, None], cols[[j0, min(j0 + 1, len(cols) - 1)]]]
-        assert bool((corners < lo).all()) or bool((corners > hi).all()), (b, r, c, corners)
-        assert (d_got[b, r, c] > 0) == bool((corners > hi).all())
+        i1, j1 = min(i0 + 1, len(rows) - 1), min(j0 + 1, len(cols) - 1)
+        wr = 0.0 if i1 == i0 else float(np.clip((r - rows[i0]) / (rows[i1] - rows[i0]), 0, 1))
+        wc = 0.0 if j1 == j0 else float(np.clip((c - cols[j0]) / (cols[j1] - cols[j0]), 0, 1))
+        corners = d_ref[b, rows[[i0, i1]][:, None], cols[[j0, j1]]]
+        top = corners[0, 0] * (1 - wc) + corners[0, 1] * wc
+        bottom = corners[1, 0] * (1 - wc) + corners[1, 1] * wc
+        expected = float(top * (1 - wr) + bottom * wr)
+        assert d_got[b, r, c].item() == pytest.approx(expected, abs=1e-3), (b, r, c, corners)
+        assert expected < lo or expected > hi, (b, r, c, expected)
+        mixed += bool((corners >= lo).any()) if expected < lo else bool((corners <= hi).any())
+    return mixed
+
+
+@pytest.mark.parametrize("step", [2, 4])
+def test_cascade_is_exact_or_a_confident_interpolation_of_its_cell(step):
+    """Bright blobs on zero: fewer pixels are evaluated than the zero-skip alone evaluates, and each
+    is exact or a confident interpolation."""
+    x = _blobs((2, 64, 72), seed=3)
+    cascade = CascadeEngine(DenseOPConvNet(_net(3.0, seed=1)), step=step, low=0.1, high=0.9)
+    _check_exact_or_confident_interpolation(cascade, x, patch_nonzero(x))
+
+
+def test_cascade_settles_by_the_interpolation_where_a_corner_is_not_confident():
+    """A ramp whose logit rises through logit(high) = 5 between lattice columns: pixels past the
+    crossing are settled although their cell's other corners are below it."""
+    x = torch.linspace(0, 1, 72).expand(1, 40, 72).contiguous()
+    cascade = CascadeEngine(DenseOPConvNet(_net(3.0, seed=0)), step=4, low=1e-9, high=1 / (1 + np.exp(-5.0)))
+    assert _check_exact_or_confident_interpolation(cascade, x, torch.ones_like(x, dtype=torch.bool)) > 0
 
 
 def test_cascade_of_a_slice_thinner_than_half_a_step_is_exact():
