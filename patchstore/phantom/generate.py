@@ -50,7 +50,7 @@ from scipy import ndimage
 from patchstore.files import write_json_atomic
 from patchstore.io.volume import Geometry, write_volume
 from patchstore.phantom.anatomy import tissue_map
-from patchstore.phantom.contrast import CONTRASTS, FOVS, Scan, check_choice, draw_scan, phase_lut
+from patchstore.phantom.contrast import CONTRASTS, FOVS, Scan, check_choice, clinical_bone, draw_scan, phase_lut
 from patchstore.phantom.organs import draw_organs
 from patchstore.phantom.tissue import (
     AIR,
@@ -157,6 +157,7 @@ def _clinical(lay: Layout, scan: Scan, extra: np.random.Generator) -> Layout:
     """``lay`` with the phase's HU table, the drawn organs and, for a body field of view, a grid
     centred on the body (near-centred: ``scan.offset``) that holds the whole torso."""
     lay = replace(lay, lut=phase_lut(extra, scan.phase, lay.lut), organs=draw_organs(extra, lay, scan.oral))
+    lay = replace(lay, lut=clinical_bone(extra, lay.lut, len(lay.vertebrae)))  # drawn last: the rest stays
     if scan.fov_mm is None:
         return lay
     cx, cy = lay.body[:2]

@@ -15,7 +15,7 @@ from scipy import ndimage
 from patchstore.cli import main
 from patchstore.io.volume import read_volume
 from patchstore.phantom.anatomy import tissue_map
-from patchstore.phantom.contrast import CONTRASTS, FOVS, HU_RANGES, PHASES
+from patchstore.phantom.contrast import CANCELLOUS_HU, CONTRASTS, CORTEX_HU, FOVS, HU_RANGES, PHASES
 from patchstore.phantom.generate import Phantom, _case, _render, make_phantom, write_dataset
 from patchstore.phantom.tissue import (
     AORTA,
@@ -28,6 +28,7 @@ from patchstore.phantom.tissue import (
     PANCREAS,
     PORTAL_VEIN,
     SPLEEN,
+    VERTEBRA0,
     VEIN,
 )
 
@@ -236,6 +237,28 @@ def test_aorta_and_liver_enhance_in_phase_order():
           for p in PHASES for t, _, _, ph in [_clinical(2, p)]}
     assert hu["arterial"][AORTA] > hu["venous"][AORTA] > hu["none"][AORTA]
     assert hu["venous"][LIVER] > hu["none"][LIVER]
+
+
+@pytest.mark.parametrize("contrast", ["none", "venous"])
+def test_clinical_vertebrae_have_clinical_bone_density(contrast):
+    """Clinical cases draw each vertebra's cortex and cancellous core from CORTEX_HU and
+    CANCELLOUS_HU (partial-volume cortex, low-density cores); the spine phantom keeps its denser
+    table. The cores' image medians lie in the range too."""
+    tissue, lut, noise, ph = _clinical(5, contrast, slices=48)
+    _, spine_lut, _, _ = _clinical(5, "none", fov="spine", slices=48)
+    n = int(tissue.max()) - VERTEBRA0 + 1
+    cortex, core = lut[VERTEBRA0 : VERTEBRA0 + n : 2], lut[VERTEBRA0 + 1 : VERTEBRA0 + n : 2]
+    assert ((CORTEX_HU[0] <= cortex) & (cortex <= CORTEX_HU[1])).all()
+    assert ((CANCELLOUS_HU[0] <= core) & (core <= CANCELLOUS_HU[1])).all()
+    assert (spine_lut[VERTEBRA0 : VERTEBRA0 + n : 2] >= 750).all()  # the spine phantom's, unchanged
+    measured = 0
+    for cls in range(VERTEBRA0 + 1, VERTEBRA0 + n, 2):
+        median, count = _core_median(tissue, ph.image, cls)
+        if count >= 30:
+            slack = 3 * 1.25 * noise / np.sqrt(count)
+            assert CANCELLOUS_HU[0] - slack <= median <= CANCELLOUS_HU[1] + slack, (cls, median, count)
+            measured += 1
+    assert measured >= 2
 
 
 def test_clinical_case_is_deterministic():
