@@ -141,7 +141,11 @@ class BuildConfig:
 # Build parameters that decide what a patch looks like and what its label means: training and
 # inference (and test shards) must agree on them. The others (stride, augmentation, RUS, seed,
 # shard size) only decide which patches there are, and may differ between training and test shards.
-PREPROCESSING_FIELDS = ("hu_min", "hu_max", "sigma", "patch", "dtype", "labels", "pixel_mm", "label_rule")
+# ``labels`` is neither: it says which values of one source's masks are vertebra (TotalSegmentator
+# 26-50, a phantom's 1), and after the build every label is vertebra or background whatever it
+# was; so folders from sources with other conventions train together (``train.data.load_sets``
+# names the difference).
+PREPROCESSING_FIELDS = ("hu_min", "hu_max", "sigma", "patch", "dtype", "pixel_mm", "label_rule")
 
 
 def differing_fields(a: dict, b: dict) -> list[str]:

@@ -132,12 +132,27 @@ def load_shards(folders: str | os.PathLike | list, device: torch.device, full_ve
     return load_sets(open_sets(folders, full_verify, cache, progress), device, log, warn)
 
 
+def describe_labels(labels) -> str:
+    """A build's ``labels`` as --labels writes them ('1,26-50'), or 'any nonzero'."""
+    runs: list[list[int]] = []
+    for v in sorted(labels or ()):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) or "any nonzero"
+
+
 def load_sets(sets: list[ShardSet], device: torch.device, log: Callable[[str], None] = print,
               warn: Callable[[str], None] = _stderr) -> PatchSet:
     """Read every shard of the opened ``sets`` once into one tensor on ``device`` (``load_shards``)."""
     for s in sets:
         for message in s.warnings:
             warn(message)
+    if len({tuple(s.build.get("labels") or ()) for s in sets}) > 1:
+        log("note: the shard folders took vertebra from different mask values (--labels): "
+            + ", ".join(f"{s.folder}: {describe_labels(s.build.get('labels'))}" for s in sets)
+            + "; every patch is vertebra or background either way")
     needed = needed_bytes(sets)
     n_total = sum(len(s) for s in sets)
     n_files = sum(len(s.files) for s in sets)

@@ -295,7 +295,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, shards: str | os.PathLike
     shard_set = ShardSet.open(shards, full_verify, cache, progress=True)
     other = shard_set.check_preprocessing(ckpt["build"], f"checkpoint {checkpoint}")
     if other:
-        log(f"note: the shards differ from the training shards only in sampling parameters {other}")
+        log(f"note: the shards differ from the training shards only in parameters that are not preprocessing {other}")
     dev = pick_device(device)
     ps = load_sets([shard_set], dev, log, warn=lambda s: log(f"warning: {s}"))
     counts = class_counts(ps.y.cpu().numpy())

@@ -134,7 +134,8 @@ class ShardSet:
 
     def check_preprocessing(self, expected: dict, what: str) -> list[str]:
         """Refuse shards preprocessed otherwise than ``expected`` (naming the fields); return the
-        sampling fields that differ (fine: e.g. test shards built with --no-rus)."""
+        other fields that differ (fine: sampling, e.g. test shards built with --no-rus, or the
+        source's --labels)."""
         fields = differing_fields(self.build, expected)
         bad = [k for k in fields if k in PREPROCESSING_FIELDS]
         if bad:

@@ -119,3 +119,22 @@ def test_greedy_volume_choice_for_many_volumes():
     take = choose_volumes(counts, 0.2, np.random.default_rng(0))
     assert 0 < take.sum() < 40
     assert abs(counts[take].sum() / counts.sum() - 0.2) < 0.01
+
+
+def test_folders_with_other_mask_labels_train_together_with_a_note(tmp_path):
+    """--labels says which mask values of one source are vertebra (TotalSegmentator 26-50, a
+    phantom's 1); after the build both mean vertebra, so the folders load together and the log
+    names the difference. Other preprocessing still has to agree."""
+    a = make_shards(tmp_path / "ct", volumes=2, labels=tuple(range(26, 51)))
+    b = make_shards(tmp_path / "phantoms", volumes=2, seed=1)
+    lines: list[str] = []
+    got = load_shards([a, b], CPU, log=lines.append)
+    assert len(got.y) == 2 * (64 + 80)
+    note = [s for s in lines if s.startswith("note: the shard folders took vertebra")]
+    assert len(note) == 1 and f"{a}: 26-50" in note[0] and f"{b}: any nonzero" in note[0], lines
+    lines.clear()
+    load_shards([a, a], CPU, log=lines.append)
+    assert not any("took vertebra" in s for s in lines)
+    c = make_shards(tmp_path / "smoothed", volumes=2, sigma=1.5)
+    with pytest.raises(ShardError, match="sigma=1.5 there"):
+        load_shards([b, c], CPU, log=lambda s: None)
