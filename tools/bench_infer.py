@@ -170,7 +170,7 @@ def main() -> None:
     ap.add_argument("--mask", default=None, help="reference mask of --ct (with --model)")
     ap.add_argument("--labels", default=None, help="label values that mean vertebra in --mask, e.g. 26-50")
     ap.add_argument("--first-slice", type=int, default=None, help="with --model: first slice (default: middle)")
-    ap.add_argument("--cascade", type=cascade_variants, default=cascade_variants("4,2"),
+    ap.add_argument("--cascade", type=cascade_variants, default="4,2",
                     help="with --model: the cascade variants measured, comma-separated STEP[:LOW:HIGH] "
                          "(default: steps 4 and 2 at the engine's probabilities)")
     args = ap.parse_args()
