@@ -206,6 +206,29 @@ def test_keep_spine_clips_long_arms_attached_to_the_spine():
     assert cols.max() <= 80 + 40 and cols.min() >= 80 - 12
 
 
+def test_keep_spine_keeps_a_vertebra_drawn_in_pieces_where_its_neighbours_hold_it():
+    """In one slice the network drew only the tip of a spinous process, 16-24 mm behind the
+    track: no part of it comes within touch_mm, so the per-slice rule alone (rounds=0) drops it.
+    It overlaps the process kept in the slices above and below and lies within reach_mm, so it
+    is kept; the aorta, whose edge is 20 mm from the track too, was never kept and stays out."""
+    hu, spine, others = _torso()
+    yy, xx = (np.indices(spine.shape[1:]) + 0.5) - 80
+    process = (np.abs(xx) < 3) & (yy > 25) & (yy < 50)  # from the body's centre to 25 mm behind it
+    pred = spine | others
+    pred[0:5, process] = True
+    pred[2] = False
+    tip = process & (yy > 41)
+    pred[2, tip] = True
+    body = body_mask(hu)
+    alone = keep_spine(pred, body, (2.0, 1.0, 1.0), rounds=0)
+    assert not alone[2].any()
+    kept = keep_spine(pred, body, (2.0, 1.0, 1.0))
+    np.testing.assert_array_equal(kept[2], tip)
+    assert not kept[others & ~spine].any()
+    far = keep_spine(pred, body, (2.0, 1.0, 1.0), reach_mm=15.0)
+    assert not far[2].any()
+
+
 def _vertebra_in_soft_tissue(z=4, n=48):
     """(hu, bone, rim): a ring of cortex (700 HU) around marrow darker than the window (60 HU), in
     soft tissue (40 HU); ``rim``: a 3-pixel band of soft tissue around the ring, as a patch

@@ -82,7 +82,7 @@ def test_flipped_input_gives_the_flipped_mask(tmp_path, any_checkpoint, rng):
                               + np.array([(canonical.geometry.size[0] - 1) * canonical.geometry.spacing[0],
                                           (canonical.geometry.size[1] - 1) * canonical.geometry.spacing[1], 0])),
                         RAS)
-    ras = write_volume(tmp_path / "ras.nii.gz", hu[:, ::-1, ::-1].copy(), ras_geom)
+    write_volume(tmp_path / "ras.nii.gz", hu[:, ::-1, ::-1].copy(), ras_geom)
     r = CliRunner()
     for name in ("lps", "ras"):
         res = r.invoke(main, ["volume", str(tmp_path / f"{name}.nii.gz"), "-m", str(any_checkpoint),
