@@ -39,10 +39,11 @@ def bone_volume(rng: np.random.Generator, shape=(6, 40, 44)) -> tuple[np.ndarray
 
 
 def make_shards(folder: Path, volumes: int = 3, per_volume: int = 64, dtype: str = "uint8", seed: int = 0,
-                slices: int = 8, learnable: bool = True, vertebra_fraction: float = 0.5,
+                slices: int = 8, learnable: bool = True, vertebra_fraction: float = 0.5, first_volume: int = 0,
                 **build_overrides) -> Path:
     """A shard folder of ``volumes`` shards; with ``learnable`` vertebra patches hold a bright square;
-    ``vertebra_fraction`` of the patches (about) are vertebra (0: all background)."""
+    ``vertebra_fraction`` of the patches (about) are vertebra (0: all background). Volume keys count
+    from ``first_volume`` (folders of other volumes: other values)."""
     cfg = BuildConfig.paper(dtype=dtype, **build_overrides)
     build = cfg.to_dict()
     rng = np.random.default_rng(seed)
@@ -57,7 +58,7 @@ def make_shards(folder: Path, volumes: int = 3, per_volume: int = 64, dtype: str
         z = np.sort(rng.integers(0, slices, n))
         origin = np.stack([z, rng.integers(0, 100, n), rng.integers(0, 100, n), np.zeros(n, int)], 1)
         counts = [int(c) for c in np.bincount(labels, minlength=2)]
-        attrs = {"build": build, "build_key": cfg.content_key(), "case_id": f"case{v}", "volume_key": f"{v + 1:064x}",
+        attrs = {"build": build, "build_key": cfg.content_key(), "case_id": f"case{v}", "volume_key": f"{first_volume + v + 1:064x}",
                  "counts_before": counts, "counts_after": counts, "part": 0, "n_parts": 1, "first_index": 0}
         path = folder / f"case{v}.h5"
         with ShardWriter(path, attrs) as w:

@@ -54,6 +54,7 @@ class PatchSet:
     build: dict  # the (first) manifest's build parameters
     manifest_sha256: str  # of the one manifest, or of the manifests' hashes in folder order
     pixel_mm_range: tuple[float, float]  # smallest and largest pixel (mm) the patches were cut at
+    volume_folders: tuple[int, ...] = ()  # per volume: the folder (in the order given) it first came from
 
     def __len__(self) -> int:
         return len(self.y)
@@ -163,9 +164,10 @@ def load_sets(sets: list[ShardSet], device: torch.device, log: Callable[[str], N
     origin = np.empty((n_total, 4), dtype=np.int32)
     volume = np.empty(n_total, dtype=np.int64)
     volumes: list[str] = []
+    folder_of: list[int] = []
     pixels: list[float] = []
     start = 0
-    for shards in sets:
+    for k, shards in enumerate(sets):
         for i, n in enumerate(shards.sizes):
             part = slice(start, start + n)
             if device.type == "cpu":  # read straight into the tensor's memory: no extra copy
@@ -178,6 +180,7 @@ def load_sets(sets: list[ShardSet], device: torch.device, log: Callable[[str], N
             pixels.extend(got.spacing_yx)
             if got.volume_key not in volumes:
                 volumes.append(got.volume_key)
+                folder_of.append(k)
             volume[part] = volumes.index(got.volume_key)
             start += n
     if len(sets) == 1:
@@ -187,7 +190,8 @@ def load_sets(sets: list[ShardSet], device: torch.device, log: Callable[[str], N
         digest = hashlib.sha256(":".join(s.manifest_sha256 for s in sets).encode()).hexdigest()
     return PatchSet(x=x, y=torch.from_numpy(y).to(device), origin=origin, volume=volume,
                     volumes=tuple(volumes), files=files, build=sets[0].build,
-                    manifest_sha256=digest, pixel_mm_range=(min(pixels), max(pixels)))
+                    manifest_sha256=digest, pixel_mm_range=(min(pixels), max(pixels)),
+                    volume_folders=tuple(folder_of))
 
 
 CLASSES = ("background", "vertebra")
@@ -230,9 +234,13 @@ def batch_input(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- split
 
 
-def choose_volumes(counts: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+def choose_volumes(counts: np.ndarray, fraction: float, rng: np.random.Generator,
+                   groups: np.ndarray | None = None) -> np.ndarray:
     """(V,) bool: the validation volumes, whose patch count comes closest to ``fraction`` of all.
 
+    ``groups`` (V,) int (the shard folder each volume came from): every group keeps at least one
+    volume in training, where some choice allows it, so that a lone real CT beside a folder of
+    phantoms is never left out of training because its patch count is the closest to the target.
     Exact search over every proper subset for up to EXACT_SEARCH_MAX_VOLUMES volumes (ties broken
     by ``rng``); beyond that greedy: largest volumes first (random order among equal sizes) while
     the sum stays below the target, then the one volume that brings it closest. Both sides get at
@@ -240,19 +248,31 @@ def choose_volumes(counts: np.ndarray, fraction: float, rng: np.random.Generator
     """
     v = len(counts)
     target = fraction * counts.sum()
+    groups = np.zeros(v, dtype=np.int64) if groups is None else np.asarray(groups)
+    sizes = np.bincount(groups)
     if v <= EXACT_SEARCH_MAX_VOLUMES:
         masks = (np.arange(1, 2**v - 1)[:, None] >> np.arange(v)) & 1
+        in_val = np.stack([masks[:, groups == g].sum(axis=1) for g in np.unique(groups)], axis=1)
+        whole = (in_val == sizes[np.unique(groups)]).any(axis=1)  # a group wholly in validation
+        if not whole.all():
+            masks = masks[~whole]
         err = np.abs(masks @ counts - target)
         return masks[rng.choice(np.flatnonzero(err == err.min()))].astype(bool)
     order = rng.permutation(v)
     order = order[np.argsort(-counts[order], kind="stable")]
     take, total = np.zeros(v, dtype=bool), 0
+    left = sizes.copy()  # volumes of each group still on the training side
+
+    def may_take(i: int) -> bool:
+        return left[groups[i]] > 1
+
     for i in order:  # fill up to the target, largest first ...
-        if total + counts[i] <= target:
+        if total + counts[i] <= target and may_take(i):
             take[i], total = True, total + counts[i]
-    rest = np.flatnonzero(~take)  # ... then overshoot with one more volume if that is closer
-    if len(rest):
-        i = rest[np.argmin(np.abs(total + counts[rest] - target))]
+            left[groups[i]] -= 1
+    rest = [i for i in np.flatnonzero(~take) if may_take(i)]  # ... then overshoot with one more if closer
+    if rest:
+        i = rest[int(np.argmin(np.abs(total + counts[rest] - target)))]
         if abs(total + counts[i] - target) < abs(total - target):
             take[i] = True
     if not take.any():
@@ -291,10 +311,15 @@ def split_patches(ps: PatchSet, by: str, fraction: float, seed: int) -> dict:
     out = {"by": by, "note": None}
     if by == "volume" and len(ps.volumes) > 1:
         counts = np.bincount(ps.volume, minlength=len(ps.volumes))
-        val_vol = choose_volumes(counts, fraction, rng)
+        val_vol = choose_volumes(counts, fraction, rng, np.asarray(ps.volume_folders) if ps.volume_folders else None)
         is_val = val_vol[ps.volume]
         out["val_volumes"] = [k for k, t in zip(ps.volumes, val_vol) if t]
         out["train_volumes"] = [k for k, t in zip(ps.volumes, val_vol) if not t]
+        folders = np.asarray(ps.volume_folders)
+        whole = [int(f) for f in np.unique(folders) if len(folders) and val_vol[folders == f].all()]
+        if whole:
+            out["note"] = (f"every volume of shard folder(s) {', '.join(str(f + 1) for f in whole)} (in the order "
+                           f"given) validates: no split by volume keeps a volume of every folder in training")
     elif by == "volume" and len(np.unique(ps.origin[:, 0])) > 1:
         z0, z1 = choose_slices(ps.origin[:, 0], fraction, rng)
         is_val = (ps.origin[:, 0] >= z0) & (ps.origin[:, 0] <= z1)

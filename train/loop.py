@@ -248,7 +248,7 @@ def _train(shards: list, run_dir: Path, cfg: TrainConfig, device: torch.device, 
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     state = {"epoch": 0, "best_val_loss": math.inf}
     if resume:
-        state = resume_state(run_dir, cfg, ps, model, optimizer, scheduler)
+        state = resume_state(run_dir, cfg, ps, model, optimizer, scheduler, split)
         if main:
             reopen_run_dir(run_dir, state["epoch"], cfg)
     elif main:

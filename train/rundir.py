@@ -60,8 +60,11 @@ def start_run_dir(run_dir: Path, shards: list[Path | str], cfg: TrainConfig, ps:
     write_json_lines(run_dir / "metrics.jsonl", [])
 
 
-def resume_state(run_dir: Path, cfg: TrainConfig, ps: PatchSet, model, optimizer, scheduler) -> dict:
-    """Load last.pt into model / optimizer / scheduler after checking it belongs to this run.
+def resume_state(run_dir: Path, cfg: TrainConfig, ps: PatchSet, model, optimizer, scheduler,
+                 split: dict | None = None) -> dict:
+    """Load last.pt into model / optimizer / scheduler after checking it belongs to this run (and,
+    given the ``split`` made now, that it is the one split.json records: a run started by another
+    version of the split must not go on validating on other patches).
 
     Loaded onto the CPU whatever the training device: load_state_dict copies weights and optimizer
     state to the parameters' device, and the RNG states must stay CPU uint8 tensors (loaded onto a
@@ -76,12 +79,33 @@ def resume_state(run_dir: Path, cfg: TrainConfig, ps: PatchSet, model, optimizer
     if ckpt.get("manifest_sha256") != ps.manifest_sha256:
         raise CheckpointError(f"{run_dir / 'last.pt'}: was trained on other shards (manifest SHA-256 "
                               f"{ckpt.get('manifest_sha256')}); these have {ps.manifest_sha256}")
+    recorded = run_dir / "split.json"
+    if split is not None and recorded.exists():
+        was = json.loads(recorded.read_text(encoding="utf-8"))
+        now = json.loads(json.dumps(split_record(split, ps, cfg.val_fraction, cfg.seed)))
+        for side in ("train", "val"):
+            if was.get(side) != now[side]:
+                raise CheckpointError(f"{recorded}: the {side} side was {_side(was.get(side))}; this version of "
+                                      f"train splits the same shards into {_side(now[side])}: start a new run")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if "rng" in ckpt:
         set_rng_state(ckpt["rng"], ps.x.device)  # each epoch reseeds from (seed, epoch, rank) anyway
     return {"epoch": ckpt["epoch"], "best_val_loss": ckpt["best_val_loss"]}
+
+
+def _side(record: dict | None) -> str:
+    """One side of split.json in words: its patch count and volumes or slices."""
+    if not record:
+        return "not recorded"
+    if record.get("volumes"):
+        where = f"{len(record['volumes'])} volume(s)"
+    elif isinstance(record.get("slices"), list):
+        where = "slices {}..{}".format(*record["slices"])
+    else:
+        where = "random patches" if record.get("indices") else "the rest"
+    return f"{record.get('patches')} patches, {where}"
 
 
 def reopen_run_dir(run_dir: Path, epoch: int, cfg: TrainConfig) -> None:

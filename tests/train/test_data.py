@@ -94,6 +94,28 @@ def test_split_by_volume_keeps_volumes_whole(tmp_path):
     assert val_vol == {2} and counts[2] == 62
 
 
+def test_split_by_volume_keeps_a_volume_of_every_folder_in_training(tmp_path):
+    """A lone real CT (one volume, 88 patches) beside four phantoms (60, 76, 92, 108): the CT alone
+    comes closest to 20 % of the 424 patches, so a split that ignores folders validates on it and
+    trains on phantoms only. Kept in training, the validation volume is the phantom closest to 20 %."""
+    ct = make_shards(tmp_path / "ct", volumes=1, per_volume=88)
+    phantoms = make_shards(tmp_path / "phantoms", volumes=4, per_volume=60, first_volume=10, seed=1)
+    ps = load_shards([ct, phantoms], CPU, log=lambda s: None)
+    counts = np.bincount(ps.volume)
+    assert list(counts) == [88, 60, 76, 92, 108] and ps.volume_folders == (0, 1, 1, 1, 1)
+    assert list(np.flatnonzero(choose_volumes(counts, 0.2, np.random.default_rng(0)))) == [0]
+    split = split_patches(ps, "volume", 0.2, seed=0)
+    assert split["val_volumes"] == [ps.volumes[3]] and split["note"] is None
+    assert 0 in set(ps.volume[split["train"]])
+    for seed in range(5):  # the greedy search for many volumes keeps the rule too
+        take = choose_volumes(np.array([500] + [40] * 20), 0.2, np.random.default_rng(seed),
+                              groups=np.array([0] + [1] * 20))
+        assert not take[0] and take.any()
+    lone = split_patches(load_shards([ct, make_shards(tmp_path / "one", volumes=1, first_volume=20)], CPU,
+                                     log=lambda s: None), "volume", 0.2, seed=0)
+    assert "every volume of shard folder(s)" in lone["note"]
+
+
 def test_split_is_seeded(tmp_path):
     """The same seed gives the same split; patch splits of other seeds differ."""
     ps = load_shards(make_shards(tmp_path, volumes=2), CPU, log=lambda s: None)

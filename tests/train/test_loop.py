@@ -118,6 +118,19 @@ def test_resume_with_other_parameters_is_refused(shards, tmp_path):
         train(shards, tmp_path / "run", dataclasses.replace(short, epochs=2, lr=0.1), resume=True)
 
 
+def test_resume_with_another_split_is_refused(shards, tmp_path):
+    """A run whose split.json records another split (made by another version of the split) is not
+    resumed onto the split made now: it would validate on patches it trained on."""
+    short = dataclasses.replace(CFG, epochs=1, max_steps=1)
+    train(shards, tmp_path / "run", short)
+    record = json.loads((tmp_path / "run" / "split.json").read_text())
+    record["val"], record["train"] = record["train"], record["val"]
+    (tmp_path / "run" / "split.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"split\.json: the train side was \d+ patches, 1 volume\(s\); this "
+                                              r"version of train splits the same shards into \d+ patches, 2 volume"):
+        train(shards, tmp_path / "run", dataclasses.replace(short, epochs=2), resume=True)
+
+
 def test_existing_run_is_not_overwritten(shards, tmp_path):
     """A second run into a folder holding last.pt is refused (resume it instead)."""
     short = dataclasses.replace(CFG, epochs=1, max_steps=1)
