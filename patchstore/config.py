@@ -44,8 +44,8 @@ class BuildConfig:
     Defaults are the recipe measured best on real CT from other scanners (README, "Quality"):
     centre rule at 1.4 mm pixels (a 32x32 patch sees 45 mm: enough to tell a vertebra from a rib
     or scapula), stride 3 (4.2 mm, the paper's 12 px at 0.35 mm), intensity augmentation (gain
-    0.75-1.25: osteoporotic to dense bone; offset 40 HU; noise up to 25 HU; blur up to 1.5 px: a
-    3 mm scan seen at 1.4 mm). ``BuildConfig.paper()`` (and
+    0.75-1.25: osteoporotic to dense bone; offset 40 HU; noise up to 60 HU, as in low-dose CT
+    such as a PET/CT's; blur up to 1.5 px: a 3 mm scan seen at 1.4 mm). ``BuildConfig.paper()`` (and
     `patchstore build --paper`) is the paper's build: native pixels, majority rule, stride 12,
     no intensity augmentation.
     """
@@ -68,7 +68,7 @@ class BuildConfig:
     label_rule: str = "centre"
     hu_gain: float = 0.25
     hu_offset: float = 40.0
-    noise_hu: float = 25.0
+    noise_hu: float = 60.0
     blur_px: float = 1.5
 
     def __post_init__(self) -> None:

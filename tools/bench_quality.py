@@ -44,6 +44,7 @@ CHOSEN = ["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"]
 JITTER = ["--hu-gain", "0.1", "--hu-offset", "40", "--noise-hu", "25"]
 JITTER2 = ["--hu-gain", "0.25", "--hu-offset", "40", "--noise-hu", "25", "--blur-px", "1.5"]
 JITTER3 = ["--hu-gain", "0.4", "--hu-offset", "40", "--noise-hu", "25", "--blur-px", "1.5"]
+JITTER4 = ["--hu-gain", "0.25", "--hu-offset", "40", "--noise-hu", "60", "--blur-px", "1.5"]  # the defaults
 ROWS = {
     # the pixel-size issue's table: both rules at native pixels and at the chosen size
     "paper": dict(data="ct", build=PAPER_BUILD, train=["--init", "paper"], mine=False, post="paper"),
@@ -99,6 +100,11 @@ ROWS = {
     "jitter2+mining1k": dict(data="ct", build=PAPER_BUILD + CHOSEN + JITTER2, train=["--init", "kaiming"], mine=True,
                              mine_args=["--per-volume", "1000"], post="spine", refine=100.0, base="jitter2"),
     "gain0.4+blur2.5+refine": dict(post="spine", refine=100.0, **{"from": "gain0.4+blur2.5"}),
+    # build noise up to 60 HU (the defaults since), without and with the contrast phantoms
+    "noise60": dict(data="ct", build=PAPER_BUILD + CHOSEN + JITTER4, train=["--init", "kaiming"], mine=False,
+                    post="spine", refine=100.0),
+    "+phantoms-noise60": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER4, train=["--init", "kaiming"],
+                              mine=False, post="spine", refine=100.0),
 }
 
 
