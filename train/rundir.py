@@ -84,7 +84,8 @@ def resume_state(run_dir: Path, cfg: TrainConfig, ps: PatchSet, model, optimizer
         was = json.loads(recorded.read_text(encoding="utf-8"))
         now = json.loads(json.dumps(split_record(split, ps, cfg.val_fraction, cfg.seed)))
         for side in ("train", "val"):
-            if was.get(side) != now[side]:
+            recorded_side = was.get(side) or {}
+            if any(recorded_side[k] != now[side].get(k) for k in SPLIT_KEYS if k in recorded_side):
                 raise CheckpointError(f"{recorded}: the {side} side was {_side(was.get(side))}; this version of "
                                       f"train splits the same shards into {_side(now[side])}: start a new run")
     model.load_state_dict(ckpt["model"])
@@ -93,6 +94,9 @@ def resume_state(run_dir: Path, cfg: TrainConfig, ps: PatchSet, model, optimizer
     if "rng" in ckpt:
         set_rng_state(ckpt["rng"], ps.x.device)  # each epoch reseeds from (seed, epoch, rank) anyway
     return {"epoch": ckpt["epoch"], "best_val_loss": ckpt["best_val_loss"]}
+
+
+SPLIT_KEYS = ("patches", "volumes", "slices", "indices")  # what a side of split.json holds, compared on resume
 
 
 def _side(record: dict | None) -> str:
