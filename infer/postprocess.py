@@ -155,19 +155,21 @@ def keep_spine(mask: np.ndarray, body: np.ndarray, spacing, touch_mm: float = 15
     track = spine_track(mask, body, spacing)
     yy, xx = np.indices(mask.shape[1:])
     out = np.zeros_like(mask)
-    pieces = {}  # slice -> (labels, the components that reach within reach_mm)
+    pieces = np.zeros_like(mask)  # components within reach_mm, not kept: whole components of the clipped mask
     for z in np.flatnonzero(np.isfinite(track[:, 0]) & mask.any(axis=(1, 2))):
         d = np.hypot((yy - track[z, 0]) * sy, (xx - track[z, 1]) * sx)
         lab, n = ndimage.label(mask[z] & (d <= clip_mm))
         near = np.unique(lab[(d <= touch_mm) & (lab > 0)])
         out[z] = np.isin(lab, near)
-        pieces[z] = (lab, np.unique(lab[(d <= reach_mm) & (lab > 0)]))
+        pieces[z] = np.isin(lab, np.setdiff1d(np.unique(lab[(d <= reach_mm) & (lab > 0)]), near))
     k = max(1, int(round(support_mm / sz)))
+    with_pieces = np.flatnonzero(pieces.any(axis=(1, 2)))
     for _ in range(rounds):
         grown = out.copy()
-        for z, (lab, reaching) in pieces.items():
+        for z in with_pieces:  # a piece's components are those of the clipped mask: it is their union
+            lab, n = ndimage.label(pieces[z])
             support = out[max(0, z - k): z + k + 1].any(axis=0)
-            grown[z] |= np.isin(lab, np.intersect1d(reaching, lab[support]))
+            grown[z] |= np.isin(lab, np.unique(lab[support & (lab > 0)]))
         out = grown
     return out
 
