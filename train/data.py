@@ -311,12 +311,12 @@ def split_patches(ps: PatchSet, by: str, fraction: float, seed: int) -> dict:
     out = {"by": by, "note": None}
     if by == "volume" and len(ps.volumes) > 1:
         counts = np.bincount(ps.volume, minlength=len(ps.volumes))
-        val_vol = choose_volumes(counts, fraction, rng, np.asarray(ps.volume_folders) if ps.volume_folders else None)
+        folders = np.asarray(ps.volume_folders if ps.volume_folders else [0] * len(ps.volumes))
+        val_vol = choose_volumes(counts, fraction, rng, folders)
         is_val = val_vol[ps.volume]
         out["val_volumes"] = [k for k, t in zip(ps.volumes, val_vol) if t]
         out["train_volumes"] = [k for k, t in zip(ps.volumes, val_vol) if not t]
-        folders = np.asarray(ps.volume_folders)
-        whole = [int(f) for f in np.unique(folders) if len(folders) and val_vol[folders == f].all()]
+        whole = [int(f) for f in np.unique(folders) if val_vol[folders == f].all()]
         if whole:
             out["note"] = (f"every volume of shard folder(s) {', '.join(str(f + 1) for f in whole)} (in the order "
                            f"given) validates: no split by volume keeps a volume of every folder in training")
