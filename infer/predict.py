@@ -166,8 +166,8 @@ def grid_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, grid: P
     skip_zero: pixels whose read window is all zero get the zero patch's logits (exact).
     body: pixels outside ``body_mask`` are skipped too, i.e. also get the zero patch's logits
         (opt-in, not exact: a patch at the body's edge may hold nonzero values outside it).
-    bf16 (GPUs only): the dense engine built in bfloat16, the patch engine under autocast;
-        results approximate. tf32: TF32 matmuls and convolutions on CUDA (approximate).
+    bf16: the dense engine built in bfloat16, the patch engine under autocast; results
+        approximate. Faster on GPUs and on CPUs with AVX512-BF16 or AMX, slower on other CPUs. tf32: TF32 matmuls and convolutions on CUDA (approximate).
     band_rows, tile_cols, stage1_rows: the dense engine's (None: the device's defaults);
     patch_batch: the patch engine's patches per pass (None: the device's default).
     engine "cascade": the dense engine on a lattice of every ``cascade_step``-th row and column,
@@ -180,8 +180,6 @@ def grid_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, grid: P
     if cfg.patch != 32:
         raise ValueError(f"checkpoint's build has patch {cfg.patch}; OP-convNet (Table 1) needs 32")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    if bf16 and device.type != "cuda":
-        raise ValueError(f"bf16 inference is for GPUs only; the device is {device}")
     if batch_slices < 1:
         raise ValueError(f"batch_slices is {batch_slices}; expected an integer >= 1")
     dense = (dense_engine(model, device, bf16=bf16, tf32=tf32, band_rows=band_rows, tile_cols=tile_cols,

@@ -125,27 +125,40 @@ def cascade_agreement(args, device: torch.device) -> None:
     base = dsc(ref_cls)
     print(f"{'dense+skip':<18}{t_ref / n_s:>9.3f}{1.0:>10.2f}{need.float().mean().item():>11.3f}{0:>15}"
           f"{0.0:>10.4f}{base:>8.4f}{0.0:>9.4f}")
-    for step, low, high in args.cascade:
-        cascade = CascadeEngine(dense, step=step, low=low, high=high)
-        t = best_time(lambda c=cascade: c(x, patch_nonzero(x)), args.repeats, device)
-        cls = (torch.softmax(cascade(x, need), 1)[:, 1] > 0.5).cpu()
+    engines = {torch.float32: dense}
+    for step, low, high, dtype in args.cascade:
+        if dtype not in engines:
+            engines[dtype] = DenseOPConvNet(model, dtype=dtype).to(device)
+            engines[dtype](x[:1, :64])  # warm-up
+        name = f"cascade {step}:{low:g}:{high:g}{'' if dtype == torch.float32 else ':bf16'}"
+        engine = CascadeEngine(engines[dtype], step=step, low=low, high=high) if step else engines[dtype]
+        if not step:
+            name = "dense+skip bf16"
+        t = best_time(lambda c=engine: c(x, patch_nonzero(x)), args.repeats, device)
+        cls = (torch.softmax(engine(x, need), 1)[:, 1] > 0.5).cpu()
         differs = int((cls != ref_cls).sum())
-        print(f"{f'cascade {step}:{low:g}:{high:g}':<18}{t / n_s:>9.3f}{t_ref / t:>10.2f}"
-              f"{cascade.evaluated / x.numel():>11.3f}{differs:>15}{100 * differs / x.numel():>10.4f}{dsc(cls):>8.4f}"
+        evaluated = engine.evaluated if step else int(need.sum())
+        print(f"{name:<18}{t / n_s:>9.3f}{t_ref / t:>10.2f}"
+              f"{evaluated / x.numel():>11.3f}{differs:>15}{100 * differs / x.numel():>10.4f}{dsc(cls):>8.4f}"
               f"{dsc(cls) - base:>+9.4f}")
 
 
-def cascade_variants(text: str) -> list[tuple[int, float, float]]:
-    """'4,2:0.01:0.99' -> [(4, low, high), (2, 0.01, 0.99)], low/high defaulting to the engine's."""
+def cascade_variants(text: str) -> list[tuple[int, float, float, torch.dtype]]:
+    """'4,2:0.01:0.99,4:bf16,0:bf16' -> [(4, low, high, float32), (2, 0.01, 0.99, float32),
+    (4, low, high, bfloat16), (0, ..., bfloat16)]: low/high default to the engine's; a trailing
+    ':bf16' builds the engine in bfloat16; step 0 is the dense engine itself (with the zero-skip)."""
     from infer.cascade import CascadeEngine
 
     out = []
     for item in text.split(","):
         parts = item.split(":")
+        dtype = torch.float32
+        if parts[-1] == "bf16":
+            dtype, parts = torch.bfloat16, parts[:-1]
         if len(parts) not in (1, 3):
-            raise argparse.ArgumentTypeError(f"cascade variant {item!r}: expected STEP or STEP:LOW:HIGH")
+            raise argparse.ArgumentTypeError(f"cascade variant {item!r}: expected STEP[:LOW:HIGH][:bf16]")
         out.append((int(parts[0]), *((float(parts[1]), float(parts[2])) if len(parts) == 3
-                                     else (CascadeEngine.LOW, CascadeEngine.HIGH))))
+                                     else (CascadeEngine.LOW, CascadeEngine.HIGH)), dtype))
     return out
 
 
@@ -171,8 +184,9 @@ def main() -> None:
     ap.add_argument("--labels", default=None, help="label values that mean vertebra in --mask, e.g. 26-50")
     ap.add_argument("--first-slice", type=int, default=None, help="with --model: first slice (default: middle)")
     ap.add_argument("--cascade", type=cascade_variants, default="4,2",
-                    help="with --model: the cascade variants measured, comma-separated STEP[:LOW:HIGH] "
-                         "(default: steps 4 and 2 at the engine's probabilities)")
+                    help="with --model: the cascade variants measured, comma-separated STEP[:LOW:HIGH][:bf16] "
+                         "(default: steps 4 and 2 at the engine's probabilities; ':bf16': the engine built in "
+                         "bfloat16; step 0: the dense engine itself)")
     args = ap.parse_args()
     tuned = not args.default_malloc and keep_freed_memory()
     device = pick_device(args.device)

@@ -79,6 +79,17 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Does this CPU multiply bfloat16 in hardware (AVX512-BF16 or AMX-BF16)? None: unknown (no
+    /proc/cpuinfo). Without it, oneDNN emulates bf16 GEMMs, slower than fp32."""
+    try:
+        text = open(cpuinfo).read()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @contextlib.contextmanager
 def fp32_precision(device: torch.device | str, tf32: bool = False) -> Iterator[None]:
     """CUDA matmuls and cuDNN convolutions in TF32 (``tf32``) or true fp32 inside the block; the

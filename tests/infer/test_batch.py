@@ -111,14 +111,27 @@ def test_evaluate_json_has_null_and_the_reason_for_undefined_metrics(tmp_path):
     assert report["HD95"] is None and report["undefined"]["HD95"].startswith("the prediction is empty")
 
 
-@pytest.mark.parametrize("flag", ["--bf16", "--tf32"])
-def test_gpu_only_switches_on_the_cpu_are_refused_before_any_output(tmp_path, rng, flag):
-    """--bf16 / --tf32 with --device cpu: exit 2 naming the switch and the device; nothing written."""
+def test_tf32_on_the_cpu_is_refused_before_any_output(tmp_path, rng):
+    """--tf32 with --device cpu: exit 2 naming the switch and the device; nothing written."""
     image, _ = _case(tmp_path / "d", "c0", rng)
     res = CliRunner().invoke(main, ["volume", str(image), "-m", str(write_checkpoint(tmp_path / "m.pt")),
-                                    "-o", str(tmp_path / "out" / "pred.nii.gz"), "--device", "cpu", flag])
-    assert res.exit_code == 2 and f"{flag} is for GPUs only; the device is cpu" in res.output
+                                    "-o", str(tmp_path / "out" / "pred.nii.gz"), "--device", "cpu", "--tf32"])
+    assert res.exit_code == 2 and "--tf32 is for GPUs only; the device is cpu" in res.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_the_cpu_runs_and_warns_where_the_cpu_emulates_it(tmp_path, rng, monkeypatch, native):
+    """--bf16 --device cpu segments (both engines); a warning only where /proc/cpuinfo lacks bf16."""
+    monkeypatch.setattr("train.model.cpu_has_native_bf16", lambda: native)
+    image, _ = _case(tmp_path / "d", "c0", rng)
+    for engine in ("dense", "cascade"):
+        out = tmp_path / f"{engine}.nii.gz"
+        res = CliRunner().invoke(main, ["volume", str(image), "-m", str(write_checkpoint(tmp_path / "m.pt")),
+                                        "-o", str(out), "--device", "cpu", "--bf16", "--engine", engine, "--quiet"])
+        assert res.exit_code == 0, res.output
+        assert read_volume(out).array.shape == read_volume(image).array.shape
+        assert ("no bfloat16 instructions" in res.stderr) is not native
 
 
 def test_refine_keeps_the_bone_of_what_the_network_draws(tmp_path, rng):

@@ -57,7 +57,7 @@ def test_lattice_logits_equal_the_dense_engine_at_every_phase(shape):
     assert torch.equal(got[:, ~torch.from_numpy(need)], dense.zero[:, None].expand(2, int((~need).sum())))
 
 
-@pytest.mark.parametrize("step", [2, 4])
+@pytest.mark.parametrize("step", [2, 4, 8])
 def test_cascade_with_nothing_settled_is_the_dense_engine(step):
     """low and high at the ends: no lattice pixel is confident, every pixel is evaluated exactly."""
     dense = DenseOPConvNet(_net(1.5))
@@ -98,7 +98,7 @@ def _check_exact_or_confident_interpolation(cascade: CascadeEngine, x: torch.Ten
     return mixed
 
 
-@pytest.mark.parametrize("step", [2, 4])
+@pytest.mark.parametrize("step", [2, 4, 8])
 def test_cascade_is_exact_or_a_confident_interpolation_of_its_cell(step):
     """Bright blobs on zero: fewer pixels are evaluated than the zero-skip alone evaluates, and each
     is exact or a confident interpolation."""
@@ -125,7 +125,7 @@ def test_cascade_of_a_slice_thinner_than_half_a_step_is_exact():
 
 def test_cascade_refuses_a_step_the_pool_grid_does_not_divide():
     dense = DenseOPConvNet(_net())
-    for step in (1, 3, 8):
+    for step in (1, 3, 6, 16):
         with pytest.raises(ValueError, match="cascade step is"):
             CascadeEngine(dense, step=step)
     with pytest.raises(ValueError, match="low=0.6"):

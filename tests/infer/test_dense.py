@@ -84,8 +84,16 @@ def test_odd_slice_sizes(shape: tuple[int, int]) -> None:
     _close(DenseOPConvNet(model, band_rows=8, tile_cols=7)(x), patch_logits(model, x))
 
 
-def test_need_mask_matches_patch_engine() -> None:
+# (GATHER_SHARE, FC_ROWS): tap products by row runs or gathered; fc in one batch per slice or
+# flushed every 7 pixels, in the middle of a band's pixels
+SPARSE_PATHS = [(0.0, 4096), (1.01, 4096), (1.01, 7), (0.0, 7)]
+
+
+@pytest.mark.parametrize("gather_share, fc_rows", SPARSE_PATHS)
+def test_need_mask_matches_patch_engine(monkeypatch, gather_share: float, fc_rows: int) -> None:
     """A sparse need mask (with empty bands in between) gives the patch engine's answer."""
+    monkeypatch.setattr("infer.dense.GATHER_SHARE", gather_share)
+    monkeypatch.setattr("infer.dense.FC_ROWS", fc_rows)
     model = _model(9, 3.0)
     x = _slices(2, 40, 48, seed=10)
     need = torch.rand(2, 40, 48, generator=torch.Generator().manual_seed(11)) < 0.2
@@ -95,9 +103,12 @@ def test_need_mask_matches_patch_engine() -> None:
     _close(dense, patch_logits(model, x, need=need))
 
 
-def test_sparse_need_runs_match_patch_engine() -> None:
+@pytest.mark.parametrize("gather_share, fc_rows", SPARSE_PATHS)
+def test_sparse_need_runs_match_patch_engine(monkeypatch, gather_share: float, fc_rows: int) -> None:
     """Need in separate column blocks, isolated pixels and gaps of every width (run merging, T reuse
     across bands, stage-1 column runs) gives the patch engine's answer at every needed pixel."""
+    monkeypatch.setattr("infer.dense.GATHER_SHARE", gather_share)
+    monkeypatch.setattr("infer.dense.FC_ROWS", fc_rows)
     model = _model(15, 3.0)
     x = _slices(1, 44, 130, seed=16)
     need = torch.zeros(1, 44, 130, dtype=torch.bool)

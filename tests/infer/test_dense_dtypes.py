@@ -12,7 +12,7 @@ from infer.dense import BAND_SIZES, DenseOPConvNet, band_sizes
 from infer.patch_engine import patch_batch_size
 from infer.predict import dense_engine, vertebra_probability
 from patchstore.config import BuildConfig
-from train.model import OPConvNet
+from train.model import OPConvNet, cpu_has_native_bf16
 
 CPU = torch.device("cpu")
 HOST_READS = ("aten.item", "aten._local_scalar_dense", "aten.is_nonzero", "aten.nonzero")
@@ -171,8 +171,24 @@ def test_patch_batch_and_band_sizes_reach_the_engines():
     assert np.array_equal(a, b)
 
 
-def test_bf16_inference_on_cpu_is_refused():
-    """bf16 on a CPU device is a ValueError naming the device, as `train` refuses amp bf16."""
-    with pytest.raises(ValueError, match=r"bf16 inference is for GPUs only; the device is cpu"):
-        vertebra_probability(_model(), BUILD, _ct((1, 8, 8)), bf16=True, device=CPU)
+@pytest.mark.parametrize("engine", ["dense", "cascade"])
+def test_bf16_inference_on_cpu_agrees_with_fp32(engine):
+    """bf16 on a CPU device (dense engine and the cascade built on it): probabilities within 0.05
+    of fp32's, and not all equal (bf16 did run)."""
+    model, hu = _model(5), _ct((2, 30, 34))
+    ref, _ = vertebra_probability(model, BUILD, hu, engine=engine, device=CPU)
+    got, _ = vertebra_probability(model, BUILD, hu, engine=engine, bf16=True, device=CPU)
+    assert np.abs(got - ref).max() < 0.05 and not np.array_equal(got, ref)
+
+
+def test_cpu_bf16_support_is_read_from_the_cpu_flags(tmp_path):
+    """avx512_bf16 or amx_bf16 among the flags: native; neither: emulated; no file: unknown."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
+    assert cpu_has_native_bf16(str(info)) is True
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_tile amx_bf16\n")
+    assert cpu_has_native_bf16(str(info)) is True
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw\n")
+    assert cpu_has_native_bf16(str(info)) is False
+    assert cpu_has_native_bf16(str(tmp_path / "absent")) is None
 
