@@ -274,8 +274,8 @@ class DenseOPConvNet(nn.Module):
                 t[:GRID, a:b] = t[r : r + GRID, a:b]
             todo[:GRID] &= ~keep
         self._have = np.pad(used, ((0, r + GRID - used.shape[0]), (0, 0)))  # what t now holds
-        k, c = np.nonzero(todo)
-        if k.size == 0:
+        tk, tc = np.nonzero(todo)  # band rows and columns of the positions to compute
+        if tk.size == 0:
             return t[: rb + GRID]
         if not self._gather:  # a dense need: one GEMM per row run, no copies
             for k, a, b in row_runs(todo, 4):
@@ -286,9 +286,9 @@ class DenseOPConvNet(nn.Module):
         # overhead. Chosen per slice, not per band, so that band sizes do not change a bit.
         wp = p2.shape[1]
         src = torch.index_select(p2[y0 : y0 + rb + GRID].reshape(-1, p2.shape[2]), 0,
-                                 to_device(k * wp + c, p2.device), out=self._buf("tg_in", (k.size, p2.shape[2])))
-        prod = torch.addmm(self.bt, src, self.wt, out=self._buf("tg_out", (k.size, n_t)))
-        t.view(-1, n_t).index_copy_(0, to_device(k * t.shape[1] + c, t.device), prod)
+                                 to_device(tk * wp + tc, p2.device), out=self._buf("tg_in", (tk.size, p2.shape[2])))
+        prod = torch.addmm(self.bt, src, self.wt, out=self._buf("tg_out", (tk.size, n_t)))
+        t.view(-1, n_t).index_copy_(0, to_device(tk * t.shape[1] + tc, t.device), prod)
         return t[: rb + GRID]
 
     def _fc_write(self, p3: torch.Tensor, need: np.ndarray | None, out: torch.Tensor) -> None:

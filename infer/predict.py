@@ -167,7 +167,8 @@ def grid_probability(model: OPConvNet, cfg: BuildConfig, hu: np.ndarray, grid: P
     body: pixels outside ``body_mask`` are skipped too, i.e. also get the zero patch's logits
         (opt-in, not exact: a patch at the body's edge may hold nonzero values outside it).
     bf16: the dense engine built in bfloat16, the patch engine under autocast; results
-        approximate. Faster on GPUs and on CPUs with AVX512-BF16 or AMX, slower on other CPUs. tf32: TF32 matmuls and convolutions on CUDA (approximate).
+        approximate. Faster on GPUs and on CPUs with AVX512-BF16 or AMX, slower on other CPUs.
+    tf32: TF32 matmuls and convolutions on CUDA (approximate).
     band_rows, tile_cols, stage1_rows: the dense engine's (None: the device's defaults);
     patch_batch: the patch engine's patches per pass (None: the device's default).
     engine "cascade": the dense engine on a lattice of every ``cascade_step``-th row and column,

@@ -130,10 +130,9 @@ def cascade_agreement(args, device: torch.device) -> None:
         if dtype not in engines:
             engines[dtype] = DenseOPConvNet(model, dtype=dtype).to(device)
             engines[dtype](x[:1, :64])  # warm-up
-        name = f"cascade {step}:{low:g}:{high:g}{'' if dtype == torch.float32 else ':bf16'}"
+        bf16 = "" if dtype == torch.float32 else ":bf16"
+        name = f"cascade {step}:{low:g}:{high:g}{bf16}" if step else f"dense+skip{bf16}"
         engine = CascadeEngine(engines[dtype], step=step, low=low, high=high) if step else engines[dtype]
-        if not step:
-            name = "dense+skip bf16"
         t = best_time(lambda c=engine: c(x, patch_nonzero(x)), args.repeats, device)
         cls = (torch.softmax(engine(x, need), 1)[:, 1] > 0.5).cpu()
         differs = int((cls != ref_cls).sum())

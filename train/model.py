@@ -80,14 +80,18 @@ def pick_device(name: str) -> torch.device:
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
-    """Does this CPU multiply bfloat16 in hardware (AVX512-BF16 or AMX-BF16)? None: unknown (no
-    /proc/cpuinfo). Without it, oneDNN emulates bf16 GEMMs, slower than fp32."""
+    """Does this CPU multiply bfloat16 in hardware (x86: AVX512-BF16 or AMX-BF16; Arm: BF16)?
+    None: unknown (no /proc/cpuinfo, or no flags line in it). Without it, oneDNN emulates bf16
+    GEMMs, slower than fp32."""
     try:
-        text = open(cpuinfo).read()
+        with open(cpuinfo) as f:
+            text = f.read()
     except OSError:
         return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    lines = [line.split(":", 1) for line in text.splitlines() if line.startswith(("flags", "Features"))]
+    if not lines or len(lines[0]) < 2:
+        return None
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(lines[0][1].split()))
 
 
 @contextlib.contextmanager

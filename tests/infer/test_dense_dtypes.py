@@ -182,13 +182,18 @@ def test_bf16_inference_on_cpu_agrees_with_fp32(engine):
 
 
 def test_cpu_bf16_support_is_read_from_the_cpu_flags(tmp_path):
-    """avx512_bf16 or amx_bf16 among the flags: native; neither: emulated; no file: unknown."""
+    """avx512_bf16, amx_bf16 (x86) or bf16 (Arm) among the flags: native; none: emulated; no
+    flags line or no file: unknown."""
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
     assert cpu_has_native_bf16(str(info)) is True
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_tile amx_bf16\n")
     assert cpu_has_native_bf16(str(info)) is True
+    info.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")  # an Arm core
+    assert cpu_has_native_bf16(str(info)) is True
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw\n")
     assert cpu_has_native_bf16(str(info)) is False
+    info.write_text("processor\t: 0\nmodel name\t: something\n")
+    assert cpu_has_native_bf16(str(info)) is None
     assert cpu_has_native_bf16(str(tmp_path / "absent")) is None
 
