@@ -120,7 +120,7 @@ def _print_scores(entry: dict, cfg) -> None:
               help=DEVICE_HELP)
 @click.option("--bf16", is_flag=True,
               help="The dense and cascade engines in bfloat16 (the patch engine under autocast); logits then agree "
-                   "only approximately. Faster on GPUs and on CPUs with AVX512-BF16 or AMX (1.5-1.8x measured), "
+                   "only approximately. Faster on GPUs and on CPUs with AVX512-BF16 or AMX (1.4-1.8x measured), "
                    "slower on other CPUs (a warning says so).")
 @click.option("--tf32", is_flag=True, help="GPU only: TF32 matmuls and convolutions (faster, approximate).")
 @click.option("--postprocess", "postprocess", type=click.Choice(["paper", "spine", "none"]), default="spine",
