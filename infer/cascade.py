@@ -63,6 +63,7 @@ def lattice_logits(dense: DenseOPConvNet, x: torch.Tensor, phase: tuple[int, int
     h, w = x.shape
     hl, wl = len(range(a, h, 4)), len(range(b, w, 4))
     out = dense.zero.view(2, 1, 1).expand(2, hl, wl).contiguous()
+    dense._fc_pending, dense._fc_rows = [], 0  # nothing left queued by a call that raised
     if hl == 0 or wl == 0 or (need is not None and not need.any()):
         return out
     src = pad_slices(x[None])[0, a:, b:][None, None]  # (1, 1, H+31-a, W+31-b)

@@ -192,6 +192,7 @@ class DenseOPConvNet(nn.Module):
         self._sizes = self.sizes(slices.device)
         need_host = None if need is None else host_mask(need)
         out = self.zero.view(1, 2, 1, 1).expand(n_b, 2, h, w).contiguous()
+        self._fc_pending, self._fc_rows = [], 0  # nothing left queued by a call that raised
         with torch.inference_mode(), fp32_precision(slices.device, self.tf32):
             for b in range(n_b):
                 self._slice(slices[b].to(self.dtype), None if need is None else need_host[b], out[b])
