@@ -63,7 +63,7 @@ def lattice_logits(dense: DenseOPConvNet, x: torch.Tensor, phase: tuple[int, int
     h, w = x.shape
     hl, wl = len(range(a, h, 4)), len(range(b, w, 4))
     out = dense.zero.view(2, 1, 1).expand(2, hl, wl).contiguous()
-    dense._fc_pending, dense._fc_rows = [], 0  # nothing left queued by a call that raised
+    dense._fc_clear()  # nothing left queued by a call that raised
     if hl == 0 or wl == 0 or (need is not None and not need.any()):
         return out
     src = pad_slices(x[None])[0, a:, b:][None, None]  # (1, 1, H+31-a, W+31-b)
@@ -151,6 +151,7 @@ class CascadeEngine:
             return
         coarse = out.new_empty((2, len(rows), len(cols)))
         at_lattice = need[np.ix_(rows, cols)]
+        xd = x.to(self.dense.dtype)
         for a in sorted({int(r) % 4 for r in rows}):  # one pass per phase modulo 4
             for b in sorted({int(c) % 4 for c in cols}):
                 ri, ci = np.flatnonzero(rows % 4 == a), np.flatnonzero(cols % 4 == b)
@@ -159,7 +160,7 @@ class CascadeEngine:
                 i4, j4 = (rows[ri] - a) // 4, (cols[ci] - b) // 4
                 need4 = np.zeros((len(range(a, h, 4)), len(range(b, w, 4))), bool)
                 need4[np.ix_(i4, j4)] = at_lattice[np.ix_(ri, ci)]
-                got = lattice_logits(self.dense, x.to(self.dense.dtype), (a, b), need4)
+                got = lattice_logits(self.dense, xd, (a, b), need4)
                 coarse[:, ri[:, None], ci[None, :]] = got[:, i4[:, None], j4[None, :]].float()
         self.evaluated += int(at_lattice.sum())
         d = coarse[1] - coarse[0]  # (Hl, Wl) logit difference: > 0 is vertebra

@@ -192,7 +192,7 @@ class DenseOPConvNet(nn.Module):
         self._sizes = self.sizes(slices.device)
         need_host = None if need is None else host_mask(need)
         out = self.zero.view(1, 2, 1, 1).expand(n_b, 2, h, w).contiguous()
-        self._fc_pending, self._fc_rows = [], 0  # nothing left queued by a call that raised
+        self._fc_clear()  # nothing left queued by a call that raised
         with torch.inference_mode(), fp32_precision(slices.device, self.tf32):
             for b in range(n_b):
                 self._slice(slices[b].to(self.dtype), None if need is None else need_host[b], out[b])
@@ -323,6 +323,10 @@ class DenseOPConvNet(nn.Module):
             idx = to_device(pix, out.device)
             wc = out.shape[2]
             out[:, idx // wc, idx % wc] = logits[:, start : start + pix.size].to(out.dtype)
+        self._fc_clear()
+
+    def _fc_clear(self) -> None:
+        """An empty fc queue."""
         self._fc_pending, self._fc_rows = [], 0
 
     def _fc(self, x: torch.Tensor, n: int) -> torch.Tensor:
