@@ -14,9 +14,9 @@ LABEL_RULES = ("majority", "centre")
 # with: a stored build without them reads as exactly what it was (not as today's defaults).
 # The paper's build (section II.A-C) where the defaults differ from it.
 PAPER = {"stride": 12, "pixel_mm": None, "label_rule": "majority", "hu_gain": 0.0, "hu_offset": 0.0, "noise_hu": 0.0,
-         "blur_px": 0.0}
+         "blur_px": 0.0, "zoom": 0.0}
 LEGACY_VALUES = {"pixel_mm": None, "label_rule": "majority", "hu_gain": 0.0, "hu_offset": 0.0, "noise_hu": 0.0,
-                 "blur_px": 0.0}
+                 "blur_px": 0.0, "zoom": 0.0}
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,9 @@ class BuildConfig:
     windowed slice lies in [0, 1] with 0 meaning "outside the bone window" (air, soft tissue).
     Views per slice: the original and one rotation per entry of ``angles`` (degrees), each
     followed by ``translations`` randomly shifted copies (uniform in +-max_shift pixels), so
-    ``(1 + len(angles)) * (1 + translations)`` views in all; view 0 is the original slice.
+    ``(1 + len(angles)) * (1 + translations)`` views in all; view 0 is the original slice. Every
+    other view is zoomed about the slice centre by a factor log-uniform in [1 / (1 + zoom),
+    1 + zoom] (zoom 0: none), drawn per (slice, view).
 
     Intensity augmentation of every view but view 0, before windowing (``stages.augment``):
     HU * gain + offset + noise, gain uniform in [1 - hu_gain, 1 + hu_gain], offset uniform in
@@ -70,6 +72,7 @@ class BuildConfig:
     hu_offset: float = 40.0
     noise_hu: float = 60.0
     blur_px: float = 1.5
+    zoom: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
@@ -95,6 +98,7 @@ class BuildConfig:
             (self.hu_offset >= 0, "hu_offset", self.hu_offset, "an HU range >= 0"),
             (self.noise_hu >= 0, "noise_hu", self.noise_hu, "a noise SD in HU >= 0"),
             (0 <= self.blur_px <= 8, "blur_px", self.blur_px, "a blur SD in pixels in [0, 8]"),
+            (0 <= self.zoom <= 1, "zoom", self.zoom, "a fraction in [0, 1] (factors 1/(1+zoom) .. 1+zoom)"),
         ]
         for ok, field, found, expected in checks:
             if not ok:

@@ -39,7 +39,7 @@ BENCH_TRAIN = ["--epochs", "{epochs}", "--lr-step", "{lr_step}", "--device", "cp
 # --postprocess`), the refinement's floor in HU ("refine": `--refine`; absent: none), and "from":
 # reuse that row's model and probabilities (a post-processing variant).
 PAPER_BUILD = ["--pixel-mm", "native", "--label-rule", "majority", "--stride", "12", "--hu-gain", "0",
-               "--hu-offset", "0", "--noise-hu", "0"]
+               "--hu-offset", "0", "--noise-hu", "0", "--zoom", "0"]
 CHOSEN = ["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"]
 JITTER = ["--hu-gain", "0.1", "--hu-offset", "40", "--noise-hu", "25"]
 JITTER2 = ["--hu-gain", "0.25", "--hu-offset", "40", "--noise-hu", "25", "--blur-px", "1.5"]
@@ -105,6 +105,9 @@ ROWS = {
                     post="spine", refine=100.0),
     "+phantoms-noise60": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER4, train=["--init", "kaiming"],
                               mine=False, post="spine", refine=100.0),
+    # random zoom of the augmented views (vertebrae of other sizes), on the quick start's recipe
+    "+zoom0.2": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER4 + ["--zoom", "0.2"],
+                     train=["--init", "kaiming"], mine=False, post="spine", refine=100.0),
 }
 
 

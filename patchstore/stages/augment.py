@@ -1,12 +1,15 @@
-"""Augmented views of an axial slice: rotations about the slice centre, then random shifts, and
-intensity jitter (gain, offset, noise in HU, before windowing) of every view but the original.
+"""Augmented views of an axial slice: rotations about the slice centre, then random shifts, a
+random zoom and intensity jitter (gain, offset, noise in HU, before windowing) of every view but
+the original.
 
 View index ``a`` enumerates (rotation r in [0] + angles) x (translation t in 0..translations):
 
     a = r * (1 + translations) + t          view 0 = (no rotation, no shift) = the original
 
 Translated copies (t >= 1) get a shift (dy, dx) drawn uniformly in [-max_shift, max_shift] per
-slice and per copy; t = 0 is unshifted. Image and mask go through the SAME affine map: the image
+slice and per copy; t = 0 is unshifted. Every view but view 0 is zoomed about the slice centre by a
+factor drawn log-uniformly in [1 / (1 + zoom), 1 + zoom] per (slice, view) (zoom 0: none). Image
+and mask go through the SAME affine map: the image
 bilinearly, the mask nearest-neighbour, zero outside the slice. An identity map is not resampled.
 """
 
@@ -41,14 +44,25 @@ def draw_shifts(n_slices: int, cfg: BuildConfig, rng: np.random.Generator) -> np
     return s
 
 
-def affine_map(angle: float, shift: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def draw_zooms(n_slices: int, cfg: BuildConfig, rng: np.random.Generator) -> np.ndarray:
+    """(n_slices, n_views) float64 zoom factors, log-uniform in [1 / (1 + zoom), 1 + zoom]; 1 for
+    view 0, and everywhere when ``cfg.zoom`` is 0 (then ``rng`` is not used)."""
+    z = np.ones((n_slices, cfg.n_views))
+    if cfg.zoom > 0:
+        r = np.log1p(cfg.zoom)
+        z[:, 1:] = np.exp(rng.uniform(-r, r, size=(n_slices, cfg.n_views - 1)))
+    return z
+
+
+def affine_map(angle: float, shift: np.ndarray, shape: tuple[int, int], zoom: float = 1.0) -> np.ndarray:
     """(2, 3) float64 map from an OUTPUT pixel to the INPUT coordinate it samples.
 
-    The view rotates the slice by ``angle`` degrees about c = ((H-1)/2, (W-1)/2)
-    (counter-clockwise as displayed with row 0 at the top), then shifts it by t = (dy, dx):
+    The view zooms the slice by ``zoom`` and rotates it by ``angle`` degrees, both about
+    c = ((H-1)/2, (W-1)/2) (counter-clockwise as displayed with row 0 at the top), then shifts
+    it by t = (dy, dx):
 
-        forward:  p_out = R(angle) (p_in - c) + c + t
-        sampled:  p_in  = R(-angle) (p_out - c - t) + c  =  M @ p_out + m
+        forward:  p_out = zoom R(angle) (p_in - c) + c + t
+        sampled:  p_in  = R(-angle) (p_out - c - t) / zoom + c  =  M @ p_out + m
 
               (row, col) of output --M, m--> (y, x) in input --bilinear / nearest--> value
 
@@ -56,23 +70,30 @@ def affine_map(angle: float, shift: np.ndarray, shape: tuple[int, int]) -> np.nd
     """
     th = np.deg2rad(angle)
     cos, sin = np.cos(th), np.sin(th)
-    rot_inv = np.array([[cos, sin], [-sin, cos]])
+    rot_inv = np.array([[cos, sin], [-sin, cos]]) / zoom
     c = np.array([(shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0])
     offset = c - rot_inv @ (c + np.asarray(shift, dtype=np.float64))
-    if angle == 0.0:  # keep the identity exact: cos(0) = 1, sin(0) = 0, offset = -t
+    if angle == 0.0 and zoom == 1.0:  # keep the identity exact: cos(0) = 1, sin(0) = 0, offset = -t
         offset = -np.asarray(shift, dtype=np.float64)
     return np.ascontiguousarray(np.column_stack([rot_inv, offset]))
 
 
-def slice_maps(angles: np.ndarray, shifts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(n_views, 2, 3) float64 maps of one slice from (n_views,) angles and (n_views, 2) shifts."""
-    return np.stack([affine_map(a, s, shape) for a, s in zip(angles, shifts)])
+def slice_maps(angles: np.ndarray, shifts: np.ndarray, shape: tuple[int, int],
+               zooms: np.ndarray | None = None) -> np.ndarray:
+    """(n_views, 2, 3) float64 maps of one slice from (n_views,) angles, (n_views, 2) shifts and
+    (n_views,) zoom factors (None: no zoom)."""
+    zooms = np.ones(len(angles)) if zooms is None else zooms
+    return np.stack([affine_map(a, s, shape, z) for a, s, z in zip(angles, shifts, zooms)])
 
 
-def volume_maps(cfg: BuildConfig, shifts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(Z, n_views, 2, 3) float64 maps of every view of every slice from (Z, n_views, 2) shifts."""
+def volume_maps(cfg: BuildConfig, shifts: np.ndarray, shape: tuple[int, int],
+                zooms: np.ndarray | None = None) -> np.ndarray:
+    """(Z, n_views, 2, 3) float64 maps of every view of every slice from (Z, n_views, 2) shifts
+    and (Z, n_views) zoom factors (None: no zoom)."""
     angles = view_angles(cfg)
-    return np.ascontiguousarray(np.stack([slice_maps(angles, s, shape) for s in shifts]).reshape(shifts.shape[:2] + (2, 3)))
+    zooms = np.ones(shifts.shape[:2]) if zooms is None else zooms
+    return np.ascontiguousarray(np.stack([slice_maps(angles, s, shape, z) for s, z in zip(shifts, zooms)])
+                                .reshape(shifts.shape[:2] + (2, 3)))
 
 
 def is_identity(m: np.ndarray) -> bool:

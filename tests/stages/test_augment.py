@@ -82,3 +82,14 @@ def test_wrong_dtype_raises():
         view_image(np.zeros((8, 8)), m)
     with pytest.raises(TypeError, match="uint8"):
         view_mask(np.zeros((8, 8), np.int64), m)
+
+
+@pytest.mark.parametrize("zoom", [0.8, 1.25])
+def test_zoom_scales_about_the_centre(zoom):
+    """A centred square keeps its centre and its side grows by the zoom factor; rotation composes."""
+    img, mask = square(h=65, w=65, top=22, left=22, size=21)
+    for angle in (0.0, 10.0):
+        vi, vm = augment_slice(img, mask, affine_map(angle, np.zeros(2), img.shape, zoom)[None])
+        np.testing.assert_allclose(centroid(vi[0]), (32, 32), atol=0.05)
+        assert abs(vi[0].sum() / img.sum() - zoom ** 2) < 0.02
+        assert abs(vm[0].sum() / mask.sum() - zoom ** 2) < 0.1

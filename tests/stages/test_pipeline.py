@@ -198,3 +198,37 @@ def test_blur_jitter_smooths_the_augmented_views(volume):
     step = lambda p: np.abs(np.diff(p.astype(np.int16), axis=2)).mean()  # noqa: E731
     assert step(blurred.patches[aug]) < 0.8 * step(plain.patches[aug])
     assert np.array_equal(blurred.patches[~aug], plain.patches[~aug])
+
+
+def test_zoom_spares_view_0_and_its_draws_leave_the_other_streams(volume):
+    """Zoom leaves view 0 and every other draw (shifts, RUS over the same candidates, jitter) as
+    they were: with zoom 0 the build is the one without the option."""
+    image, mask = volume
+    plain = build_volume(image, mask, cfg_for(rus=False, hu_gain=0.1), np.random.SeedSequence(4))
+    zoomed = build_volume(image, mask, cfg_for(rus=False, hu_gain=0.1, zoom=0.3), np.random.SeedSequence(4))
+    assert np.array_equal(plain.origin, zoomed.origin)
+    v0 = plain.origin[:, 3] == 0
+    assert np.array_equal(zoomed.patches[v0], plain.patches[v0])
+    assert (zoomed.patches[~v0] != plain.patches[~v0]).mean() > 0.2
+    z = augment.draw_zooms(6, cfg_for(zoom=0.3), np.random.default_rng(1))
+    assert z.shape == (6, cfg_for().n_views) and np.all(z[:, 0] == 1)
+    assert np.all((z[:, 1:] >= 1 / 1.3) & (z[:, 1:] <= 1.3)) and (z[:, 1:] < 1).any() and (z[:, 1:] > 1).any()
+    assert np.all(augment.draw_zooms(6, cfg_for(), np.random.default_rng(1)) == 1)
+
+
+def test_zoomed_views_label_and_crop_their_zoomed_slice(volume):
+    """A zoomed view's labels follow the rule on its mask view and its patches are crops of its
+    image view, both through the map with the zoom drawn from child 3 of the seed."""
+    image, mask = volume
+    cfg = cfg_for(zoom=0.3)
+    seq = np.random.SeedSequence(8)
+    out = build_volume(image, mask, cfg, seq)
+    seeds = child_seeds(seq, 4)
+    shifts = augment.draw_shifts(image.shape[0], cfg, np.random.default_rng(seeds[0]))
+    zooms = augment.draw_zooms(image.shape[0], cfg, np.random.default_rng(seeds[3]))
+    angles, pre = augment.view_angles(cfg), preprocess_float(image, cfg)
+    assert np.any(out.origin[:, 3] > 0)
+    for p, lab, (z, r, c, a) in zip(out.patches, out.labels, out.origin):
+        m = augment.affine_map(angles[a], shifts[z, a], image.shape[1:], zooms[z, a])
+        np.testing.assert_array_equal(p, quantize(augment.view_image(pre[z], m)[r : r + N, c : c + N], "uint8"))
+        assert lab == int(augment.view_mask(mask[z], m)[r : r + N, c : c + N].sum() * 2 > N * N)
