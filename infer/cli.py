@@ -130,8 +130,9 @@ def _print_scores(entry: dict, cfg) -> None:
 @click.option("--refine", "refine", default="window", show_default=True, metavar="window|none|HU",
               help="After --postprocess paper or spine: keep only the mask's pixels at or above this HU (window: the "
                    "model's window floor, 100 HU by default; below it the network sees them as air), close one-pixel "
-                   "gaps and fill each slice's holes. Trims the soft-tissue rim a patch classifier draws around "
-                   "bone; never adds a pixel. none: the paper's steps alone.")
+                   "gaps and fill each slice's holes of a median of at least 50 HU (dark marrow, not the spinal canal). "
+                   "Trims the soft-tissue rim a patch classifier draws around bone; never adds a pixel. none: the "
+                   "paper's steps alone.")
 @click.option("--threshold", default=0.5, show_default=True,
               help="Vertebra where the probability exceeds this (0.5: the network's argmax).")
 @click.option("--probabilities", type=click.Path(path_type=Path), default=None,

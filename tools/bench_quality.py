@@ -36,8 +36,10 @@ BENCH_TRAIN = ["--epochs", "{epochs}", "--lr-step", "{lr_step}", "--device", "cp
 
 # Recipes: training data ("ct" or "ct+phantoms"), `patchstore build` and `train run` options,
 # a round of `infer mine`, the post-processing applied to the probability (`infer volume
-# --postprocess`), the refinement's floor in HU ("refine": `--refine`; absent: none), and "from":
-# reuse that row's model and probabilities (a post-processing variant).
+# --postprocess`), the refinement's floor in HU ("refine": `--refine`; absent: none), the
+# smallest median HU of a hole it fills ("holes": 50, `infer volume`'s since the canal rule;
+# absent: every hole, as the rows measured before it were scored), and "from": reuse that row's
+# model and probabilities (a post-processing variant).
 PAPER_BUILD = ["--pixel-mm", "native", "--label-rule", "majority", "--stride", "12", "--hu-gain", "0",
                "--hu-offset", "0", "--noise-hu", "0", "--zoom", "0"]
 CHOSEN = ["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"]
@@ -105,9 +107,11 @@ ROWS = {
                     post="spine", refine=100.0),
     "+phantoms-noise60": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER4, train=["--init", "kaiming"],
                               mine=False, post="spine", refine=100.0),
+    # the refinement fills only holes of a median >= 50 HU (the spinal canal stays out)
+    "+canal": dict(post="spine", refine=100.0, holes=50.0, **{"from": "+phantoms-noise60"}),
     # random zoom of the augmented views (vertebrae of other sizes), on the quick start's recipe
     "+zoom0.2": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER4 + ["--zoom", "0.2"],
-                     train=["--init", "kaiming"], mine=False, post="spine", refine=100.0),
+                     train=["--init", "kaiming"], mine=False, post="spine", refine=100.0, holes=50.0),
 }
 
 
@@ -209,9 +213,10 @@ def infer_case(folder: Path, model: Path, image: Path, log: Path) -> dict:
     return next(iter(json.loads(report.read_text()).values()))
 
 
-def score(folder: Path, image: Path, post: str, refine: float | None) -> dict:
+def score(folder: Path, image: Path, post: str, refine: float | None, holes: float | None) -> dict:
     """Metrics of the saved probability map > 0.5, post-processed with ``post`` and refined at
-    ``refine`` HU (None: not), as `infer volume --postprocess POST --refine REFINE` does."""
+    ``refine`` HU (None: not), filling holes of a median of at least ``holes`` HU (None: every
+    hole), as `infer volume --postprocess POST --refine REFINE` does."""
     from infer.metrics import segmentation_metrics
     from infer.postprocess import postprocess
     from patchstore.io.volume import read_volume
@@ -219,7 +224,8 @@ def score(folder: Path, image: Path, post: str, refine: float | None) -> dict:
     prob = read_volume(folder / f"{case}_prob.nii.gz")
     ref = read_volume(image.parents[1] / "labelsTr" / f"{case}.nii.gz", dtype=None).array.astype(bool)
     hu = read_volume(image).array if post == "spine" or refine is not None else None
-    mask = postprocess(prob.array > 0.5, prob.geometry.spacing_zyx, method=post, hu=hu, refine_hu=refine)
+    mask = postprocess(prob.array > 0.5, prob.geometry.spacing_zyx, method=post, hu=hu, refine_hu=refine,
+                       hole_min_hu=holes)
     return segmentation_metrics(mask, ref, prob.geometry.spacing_zyx)
 
 
@@ -247,7 +253,7 @@ def run_row(name: str, recipe: dict, args, data: dict, out: Path) -> dict:
         case = image.name[: -len("_0000.nii.gz")]
         entry = json.loads((folder / f"{case}.json").read_text())
         entry = next(iter(entry.values()))
-        m = score(folder, image, recipe["post"], recipe.get("refine"))
+        m = score(folder, image, recipe["post"], recipe.get("refine"), recipe.get("holes"))
         cases[case] = {"DSC": m["DSC"], "SEN": m["SEN"], "PRE": m["PRE"], "HD95": m["HD95"],
                        "rule_DSC": entry["label_rule_DSC"], "seconds": entry["seconds"]}
     result = {"row": name, "recipe": recipe, "train_seconds": t_train, "cases": cases}

@@ -261,6 +261,29 @@ def test_refinement_trims_the_soft_tissue_rim_and_keeps_the_dark_marrow():
         postprocess(drawn, (2.0, 1.0, 1.0), refine_hu=100.0)
 
 
+def test_refinement_leaves_the_spinal_canal_out_and_keeps_the_marrow():
+    """A vertebra drawn whole, canal included: the refinement keeps the body's dark marrow (a hole
+    of median 60 HU) and leaves out the canal (a hole of cerebrospinal fluid, 10 HU) and the cord
+    in it (35 HU); filling every hole (hole_min_hu=None) puts the canal back."""
+    z, n = 3, 60
+    yy, xx = np.indices((n, n))
+    hu = np.full((z, n, n), 40, np.int16)
+    body = np.hypot(yy - 20, xx - 30) < 10
+    canal = np.hypot(yy - 38, xx - 30) < 6
+    arch = np.hypot(yy - 38, xx - 30) < 9
+    hu[:, body | arch] = 700
+    marrow = np.hypot(yy - 20, xx - 30) < 8
+    hu[:, marrow] = 60  # below the floor
+    hu[:, canal] = 10
+    hu[:, np.hypot(yy - 38, xx - 30) < 2] = 35  # the cord
+    drawn = np.broadcast_to(body | arch, (z, n, n)).copy()
+    out = refine_to_bone(drawn, hu, 100.0)
+    np.testing.assert_array_equal(out, np.broadcast_to((body | arch) & ~canal, (z, n, n)))
+    np.testing.assert_array_equal(refine_to_bone(drawn, hu, 100.0, hole_min_hu=None), drawn)
+    after_paper = postprocess(drawn, (2.0, 1.0, 1.0), method="paper", hu=hu, refine_hu=100.0)
+    assert after_paper[:, marrow].all() and not after_paper[:, canal].any()
+
+
 def test_refinement_never_adds_a_pixel(rng):
     """Random masks over random HU: the refinement's output is a subset of its input, and a floor
     above every HU value empties it."""
