@@ -112,8 +112,8 @@ ROWS = {
     # random zoom of the augmented views (vertebrae of other sizes), on the quick start's recipe
     "+zoom0.2": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER4 + ["--zoom", "0.2"],
                      train=["--init", "kaiming"], mine=False, post="spine", refine=100.0, holes=50.0),
-    # a window floor of 70 HU: dark cancellous bone (80-150 HU) visible, most soft tissue still 0
-    "+hu70": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER4 + ["--hu-min", "70"],
+    # then a window floor of 70 HU: dark cancellous bone (80-150 HU) visible, most soft tissue still 0
+    "+hu70": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER4 + ["--zoom", "0.2", "--hu-min", "70"],
                   train=["--init", "kaiming"], mine=False, post="spine", refine=100.0, holes=50.0),
     "+hu70+refine70": dict(post="spine", refine=70.0, holes=50.0, **{"from": "+hu70"}),
 }
