@@ -47,9 +47,10 @@ class BuildConfig:
     centre rule at 1.4 mm pixels (a 32x32 patch sees 45 mm: enough to tell a vertebra from a rib
     or scapula), stride 3 (4.2 mm, the paper's 12 px at 0.35 mm), intensity augmentation (gain
     0.75-1.25: osteoporotic to dense bone; offset 40 HU; noise up to 60 HU, as in low-dose CT
-    such as a PET/CT's; blur up to 1.5 px: a 3 mm scan seen at 1.4 mm). ``BuildConfig.paper()`` (and
+    such as a PET/CT's; blur up to 1.5 px: a 3 mm scan seen at 1.4 mm), zoom up to 1.2x and down to
+    1/1.2 (vertebrae of other sizes: patients, levels). ``BuildConfig.paper()`` (and
     `patchstore build --paper`) is the paper's build: native pixels, majority rule, stride 12,
-    no intensity augmentation.
+    no intensity augmentation, no zoom.
     """
 
     hu_min: float = 100.0
@@ -72,7 +73,7 @@ class BuildConfig:
     hu_offset: float = 40.0
     noise_hu: float = 60.0
     blur_px: float = 1.5
-    zoom: float = 0.0
+    zoom: float = 0.2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
