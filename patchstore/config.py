@@ -14,9 +14,9 @@ LABEL_RULES = ("majority", "centre")
 # with: a stored build without them reads as exactly what it was (not as today's defaults).
 # The paper's build (section II.A-C) where the defaults differ from it.
 PAPER = {"stride": 12, "pixel_mm": None, "label_rule": "majority", "hu_gain": 0.0, "hu_offset": 0.0, "noise_hu": 0.0,
-         "blur_px": 0.0, "zoom": 0.0}
+         "blur_px": 0.0, "zoom": 0.0, "flip": 0.0}
 LEGACY_VALUES = {"pixel_mm": None, "label_rule": "majority", "hu_gain": 0.0, "hu_offset": 0.0, "noise_hu": 0.0,
-                 "blur_px": 0.0, "zoom": 0.0}
+                 "blur_px": 0.0, "zoom": 0.0, "flip": 0.0}
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class BuildConfig:
     followed by ``translations`` randomly shifted copies (uniform in +-max_shift pixels), so
     ``(1 + len(angles)) * (1 + translations)`` views in all; view 0 is the original slice. Every
     other view is zoomed about the slice centre by a factor log-uniform in [1 / (1 + zoom),
-    1 + zoom] (zoom 0: none), drawn per (slice, view).
+    1 + zoom] (zoom 0: none), and mirrored left-right with probability ``flip``, drawn per
+    (slice, view).
 
     Intensity augmentation of every view but view 0, before windowing (``stages.augment``):
     HU * gain + offset + noise, gain uniform in [1 - hu_gain, 1 + hu_gain], offset uniform in
@@ -74,6 +75,7 @@ class BuildConfig:
     noise_hu: float = 60.0
     blur_px: float = 1.5
     zoom: float = 0.2
+    flip: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "angles", tuple(float(a) for a in self.angles))
@@ -100,6 +102,7 @@ class BuildConfig:
             (self.noise_hu >= 0, "noise_hu", self.noise_hu, "a noise SD in HU >= 0"),
             (0 <= self.blur_px <= 8, "blur_px", self.blur_px, "a blur SD in pixels in [0, 8]"),
             (0 <= self.zoom <= 1, "zoom", self.zoom, "a fraction in [0, 1] (factors 1/(1+zoom) .. 1+zoom)"),
+            (0 <= self.flip <= 1, "flip", self.flip, "a probability in [0, 1]"),
         ]
         for ok, field, found, expected in checks:
             if not ok:

@@ -256,18 +256,21 @@ def test_paper_flag_builds_the_papers_recipe(build_dataset, tmp_path):
     assert BuildConfig().label_rule == "centre" and BuildConfig().pixel_mm == 1.4
 
 
-def test_zoom_is_recorded_and_an_impossible_one_refused(build_dataset, tmp_path):
-    """--zoom reaches the build parameters (and the build key); a zoom above 1 stops before any
-    output with the field, the value and the range expected; a stored build without it reads as 0."""
+@pytest.mark.parametrize("field,good,bad,expected", [("zoom", 0.15, 2, "a fraction in [0, 1]"),
+                                                    ("flip", 0.25, 1.5, "a probability in [0, 1]")])
+def test_zoom_and_flip_are_recorded_and_impossible_ones_refused(build_dataset, tmp_path, field, good, bad, expected):
+    """--zoom and --flip reach the build parameters (and the build key); a value out of range stops
+    before any output with the field, the value and the range expected; a stored build without
+    the field reads as 0."""
     r = CliRunner()
-    out = tmp_path / "zoomed"
-    res = r.invoke(main, ["build", str(build_dataset), "-o", str(out), "--zoom", "0.15", "--quiet"])
+    out = tmp_path / "augmented"
+    res = r.invoke(main, ["build", str(build_dataset), "-o", str(out), f"--{field}", str(good), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert read_manifest(out)["build"]["zoom"] == 0.15
-    assert BuildConfig(zoom=0.15).content_key() != BuildConfig().content_key()
-    bad = r.invoke(main, ["build", str(build_dataset), "-o", str(tmp_path / "x"), "--zoom", "2", "--quiet"])
-    assert bad.exit_code != 0 and not (tmp_path / "x").exists()
-    assert "'zoom' is 2.0; expected a fraction in [0, 1]" in bad.output
+    assert read_manifest(out)["build"][field] == good
+    assert BuildConfig(**{field: good}).content_key() != BuildConfig(**{field: 0.0}).content_key()
+    res = r.invoke(main, ["build", str(build_dataset), "-o", str(tmp_path / "x"), f"--{field}", str(bad), "--quiet"])
+    assert res.exit_code != 0 and not (tmp_path / "x").exists()
+    assert f"'{field}' is {float(bad)!r}; expected {expected}" in res.output
     old = BuildConfig().to_dict()
-    del old["zoom"]
-    assert BuildConfig.from_dict(old).zoom == 0.0
+    del old[field]
+    assert BuildConfig.from_dict(old).to_dict()[field] == 0.0

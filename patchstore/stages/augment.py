@@ -8,8 +8,9 @@ View index ``a`` enumerates (rotation r in [0] + angles) x (translation t in 0..
 
 Translated copies (t >= 1) get a shift (dy, dx) drawn uniformly in [-max_shift, max_shift] per
 slice and per copy; t = 0 is unshifted. Every view but view 0 is zoomed about the slice centre by a
-factor drawn log-uniformly in [1 / (1 + zoom), 1 + zoom] per (slice, view) (zoom 0: none). Image
-and mask go through the SAME affine map: the image
+factor drawn log-uniformly in [1 / (1 + zoom), 1 + zoom] per (slice, view) (zoom 0: none), and
+mirrored left-right (about the centre column) with probability ``flip``. Image and mask go through
+the SAME affine map: the image
 bilinearly, the mask nearest-neighbour, zero outside the slice. An identity map is not resampled.
 """
 
@@ -54,45 +55,59 @@ def draw_zooms(n_slices: int, cfg: BuildConfig, rng: np.random.Generator) -> np.
     return z
 
 
-def affine_map(angle: float, shift: np.ndarray, shape: tuple[int, int], zoom: float = 1.0) -> np.ndarray:
+def draw_mirrors(n_slices: int, cfg: BuildConfig, rng: np.random.Generator) -> np.ndarray:
+    """(n_slices, n_views) bool, True for a view mirrored left-right (probability ``cfg.flip``);
+    never view 0, and nowhere when ``cfg.flip`` is 0 (then ``rng`` is not used)."""
+    m = np.zeros((n_slices, cfg.n_views), bool)
+    if cfg.flip > 0:
+        m[:, 1:] = rng.random((n_slices, cfg.n_views - 1)) < cfg.flip
+    return m
+
+
+def affine_map(angle: float, shift: np.ndarray, shape: tuple[int, int], zoom: float = 1.0,
+               mirror: bool = False) -> np.ndarray:
     """(2, 3) float64 map from an OUTPUT pixel to the INPUT coordinate it samples.
 
-    The view zooms the slice by ``zoom`` and rotates it by ``angle`` degrees, both about
-    c = ((H-1)/2, (W-1)/2) (counter-clockwise as displayed with row 0 at the top), then shifts
-    it by t = (dy, dx):
+    The view mirrors the slice left-right when ``mirror`` (F = diag(1, -1): columns reversed),
+    zooms it by ``zoom`` and rotates it by ``angle`` degrees, all about c = ((H-1)/2, (W-1)/2)
+    (counter-clockwise as displayed with row 0 at the top), then shifts it by t = (dy, dx):
 
-        forward:  p_out = zoom R(angle) (p_in - c) + c + t
-        sampled:  p_in  = R(-angle) (p_out - c - t) / zoom + c  =  M @ p_out + m
+        forward:  p_out = zoom R(angle) F (p_in - c) + c + t
+        sampled:  p_in  = F R(-angle) (p_out - c - t) / zoom + c  =  M @ p_out + m
 
               (row, col) of output --M, m--> (y, x) in input --bilinear / nearest--> value
 
-    with R(a) = [[cos a, -sin a], [sin a, cos a]] acting on (row, col).
+    with R(a) = [[cos a, -sin a], [sin a, cos a]] acting on (row, col), F = I without mirror.
     """
     th = np.deg2rad(angle)
     cos, sin = np.cos(th), np.sin(th)
     rot_inv = np.array([[cos, sin], [-sin, cos]]) / zoom
+    if mirror:
+        rot_inv = np.diag([1.0, -1.0]) @ rot_inv
     c = np.array([(shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0])
     offset = c - rot_inv @ (c + np.asarray(shift, dtype=np.float64))
-    if angle == 0.0 and zoom == 1.0:  # keep the identity exact: cos(0) = 1, sin(0) = 0, offset = -t
+    if angle == 0.0 and zoom == 1.0 and not mirror:  # keep the identity exact: cos(0) = 1, sin(0) = 0, offset = -t
         offset = -np.asarray(shift, dtype=np.float64)
     return np.ascontiguousarray(np.column_stack([rot_inv, offset]))
 
 
 def slice_maps(angles: np.ndarray, shifts: np.ndarray, shape: tuple[int, int],
-               zooms: np.ndarray | None = None) -> np.ndarray:
-    """(n_views, 2, 3) float64 maps of one slice from (n_views,) angles, (n_views, 2) shifts and
-    (n_views,) zoom factors (None: no zoom)."""
+               zooms: np.ndarray | None = None, mirrors: np.ndarray | None = None) -> np.ndarray:
+    """(n_views, 2, 3) float64 maps of one slice from (n_views,) angles, (n_views, 2) shifts,
+    (n_views,) zoom factors (None: no zoom) and (n_views,) mirror flags (None: none)."""
     zooms = np.ones(len(angles)) if zooms is None else zooms
-    return np.stack([affine_map(a, s, shape, z) for a, s, z in zip(angles, shifts, zooms)])
+    mirrors = np.zeros(len(angles), bool) if mirrors is None else mirrors
+    return np.stack([affine_map(a, s, shape, z, bool(f)) for a, s, z, f in zip(angles, shifts, zooms, mirrors)])
 
 
 def volume_maps(cfg: BuildConfig, shifts: np.ndarray, shape: tuple[int, int],
-                zooms: np.ndarray | None = None) -> np.ndarray:
-    """(Z, n_views, 2, 3) float64 maps of every view of every slice from (Z, n_views, 2) shifts
-    and (Z, n_views) zoom factors (None: no zoom)."""
+                zooms: np.ndarray | None = None, mirrors: np.ndarray | None = None) -> np.ndarray:
+    """(Z, n_views, 2, 3) float64 maps of every view of every slice from (Z, n_views, 2) shifts,
+    (Z, n_views) zoom factors (None: no zoom) and (Z, n_views) mirror flags (None: none)."""
     angles = view_angles(cfg)
     zooms = np.ones(shifts.shape[:2]) if zooms is None else zooms
-    return np.ascontiguousarray(np.stack([slice_maps(angles, s, shape, z) for s, z in zip(shifts, zooms)])
+    mirrors = np.zeros(shifts.shape[:2], bool) if mirrors is None else mirrors
+    return np.ascontiguousarray(np.stack([slice_maps(angles, s, shape, z, f) for s, z, f in zip(shifts, zooms, mirrors)])
                                 .reshape(shifts.shape[:2] + (2, 3)))
 
 

@@ -181,7 +181,7 @@ def build_volume(
 
     ``spacing_yx`` (sy, sx) mm of the native pixels is needed when ``cfg.pixel_mm`` is set.
     Randomness: child 0 of ``seed_seq`` draws the shifts, child 1 the RUS sample, child 2 the
-    intensity jitter, child 3 the zooms, so the same inputs and ``seed_seq`` give byte-identical outputs. ``progress(k)`` (e.g. a tqdm bar's
+    intensity jitter, child 3 the zooms, child 4 the mirrors, so the same inputs and ``seed_seq`` give byte-identical outputs. ``progress(k)`` (e.g. a tqdm bar's
     ``update``) is called with the number of slices just finished, in each pass: the calls sum
     to 2 * Z.
     """
@@ -189,10 +189,11 @@ def build_volume(
     if cfg.pixel_mm is not None and spacing_yx is None:
         raise ValueError(f"pixel_mm={cfg.pixel_mm} needs the slices' spacing_yx to resample them")
     grid = plane_grid(image.shape[1:], spacing_yx or (1.0, 1.0), cfg.pixel_mm)
-    shift_seed, rus_seed, jitter_seed, zoom_seed = child_seeds(seed_seq, 4)
+    shift_seed, rus_seed, jitter_seed, zoom_seed, mirror_seed = child_seeds(seed_seq, 5)
     shifts = augment.draw_shifts(image.shape[0], cfg, np.random.default_rng(shift_seed))
     zooms = augment.draw_zooms(image.shape[0], cfg, np.random.default_rng(zoom_seed))
-    maps = augment.volume_maps(cfg, shifts, grid.shape, zooms)
+    mirrors = augment.draw_mirrors(image.shape[0], cfg, np.random.default_rng(mirror_seed))
+    maps = augment.volume_maps(cfg, shifts, grid.shape, zooms, mirrors)
     labels = candidate_labels(mask, cfg, maps, grid, progress)
     if cfg.rus:
         keep = balance.rus_indices(labels, cfg.ratio, np.random.default_rng(rus_seed))

@@ -93,3 +93,19 @@ def test_zoom_scales_about_the_centre(zoom):
         np.testing.assert_allclose(centroid(vi[0]), (32, 32), atol=0.05)
         assert abs(vi[0].sum() / img.sum() - zoom ** 2) < 0.02
         assert abs(vm[0].sum() / mask.sum() - zoom ** 2) < 0.1
+
+
+def test_mirror_reverses_the_columns_then_rotates_and_shifts():
+    """A mirrored view is the slice with its columns reversed (exactly, image and mask), and
+    rotation and shift act on the mirrored slice as on any other."""
+    img, mask = square(h=48, w=57, top=10, left=5, size=12)
+    img = img + np.arange(57, dtype=np.float32)[None, :] / 100  # asymmetric inside the square too
+    vi, vm = augment_slice(img, mask, affine_map(0.0, np.zeros(2), img.shape, 1.0, mirror=True)[None])
+    np.testing.assert_allclose(vi[0], img[:, ::-1], atol=1e-5)
+    np.testing.assert_array_equal(vm[0], mask[:, ::-1])
+    shift = np.array([2.0, -3.0])
+    both = augment_slice(img, mask, affine_map(10.0, shift, img.shape, 1.1, mirror=True)[None])
+    then = augment_slice(np.ascontiguousarray(img[:, ::-1]), np.ascontiguousarray(mask[:, ::-1]),
+                         affine_map(10.0, shift, img.shape, 1.1)[None])
+    np.testing.assert_allclose(both[0], then[0], atol=1e-4)
+    np.testing.assert_array_equal(both[1], then[1])

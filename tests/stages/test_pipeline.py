@@ -216,19 +216,39 @@ def test_zoom_spares_view_0_and_its_draws_leave_the_other_streams(volume):
     assert np.all(augment.draw_zooms(6, cfg_for(), np.random.default_rng(1)) == 1)
 
 
-def test_zoomed_views_label_and_crop_their_zoomed_slice(volume):
-    """A zoomed view's labels follow the rule on its mask view and its patches are crops of its
-    image view, both through the map with the zoom drawn from child 3 of the seed."""
+def test_mirror_spares_view_0_and_its_draws_leave_the_other_streams(volume):
+    """Mirroring leaves view 0 and every other draw as they were (flip 0 is the build without the
+    option); it mirrors about the given share of the other views, never view 0."""
     image, mask = volume
-    cfg = cfg_for(zoom=0.3)
+    plain = build_volume(image, mask, cfg_for(rus=False, zoom=0.2), np.random.SeedSequence(4))
+    flipped = build_volume(image, mask, cfg_for(rus=False, zoom=0.2, flip=0.5), np.random.SeedSequence(4))
+    assert np.array_equal(plain.origin, flipped.origin)
+    v0 = plain.origin[:, 3] == 0
+    assert np.array_equal(flipped.patches[v0], plain.patches[v0])
+    assert (flipped.patches[~v0] != plain.patches[~v0]).mean() > 0.1
+    f = augment.draw_mirrors(400, cfg_for(flip=0.5), np.random.default_rng(1))
+    assert f.shape == (400, cfg_for().n_views) and not f[:, 0].any() and 0.45 < f[:, 1:].mean() < 0.55
+    assert not augment.draw_mirrors(6, cfg_for(), np.random.default_rng(1)).any()
+    assert augment.draw_mirrors(6, cfg_for(flip=1.0), np.random.default_rng(1))[:, 1:].all()
+
+
+@pytest.mark.parametrize("extra", [{"zoom": 0.3}, {"zoom": 0.3, "flip": 0.5}])
+def test_zoomed_views_label_and_crop_their_zoomed_slice(volume, extra):
+    """A zoomed (and mirrored) view's labels follow the rule on its mask view and its patches are
+    crops of its image view, both through the map with the zoom drawn from child 3 of the seed
+    and the mirror from child 4."""
+    image, mask = volume
+    cfg = cfg_for(**extra)
     seq = np.random.SeedSequence(8)
     out = build_volume(image, mask, cfg, seq)
-    seeds = child_seeds(seq, 4)
+    seeds = child_seeds(seq, 5)
     shifts = augment.draw_shifts(image.shape[0], cfg, np.random.default_rng(seeds[0]))
     zooms = augment.draw_zooms(image.shape[0], cfg, np.random.default_rng(seeds[3]))
+    mirrors = augment.draw_mirrors(image.shape[0], cfg, np.random.default_rng(seeds[4]))
+    assert mirrors.any() == (cfg.flip > 0)
     angles, pre = augment.view_angles(cfg), preprocess_float(image, cfg)
     assert np.any(out.origin[:, 3] > 0)
     for p, lab, (z, r, c, a) in zip(out.patches, out.labels, out.origin):
-        m = augment.affine_map(angles[a], shifts[z, a], image.shape[1:], zooms[z, a])
+        m = augment.affine_map(angles[a], shifts[z, a], image.shape[1:], zooms[z, a], mirrors[z, a])
         np.testing.assert_array_equal(p, quantize(augment.view_image(pre[z], m)[r : r + N, c : c + N], "uint8"))
         assert lab == int(augment.view_mask(mask[z], m)[r : r + N, c : c + N].sum() * 2 > N * N)
