@@ -128,6 +128,8 @@ def main(threads: int | None) -> None:
               help="... plus Gaussian noise of an SD uniform in [0, N] HU (as in low-dose scans).")
 @click.option("--blur-px", default=DEFAULTS.blur_px, show_default=True,
               help="... then a Gaussian blur of an SD uniform in [0, B] pixels (coarser scanners, thick slices).")
+@click.option("--coarsen", default=DEFAULTS.coarsen, show_default=True,
+              help="... then the view as pixels F times larger show it, F uniform in [1, C] (coarse scans).")
 @click.option("--zoom", default=DEFAULTS.zoom, show_default=True,
               help="Zoom every augmented view by a factor log-uniform in [1/(1+Z), 1+Z] (vertebrae of other sizes).")
 @click.option("--flip", default=DEFAULTS.flip, show_default=True,
@@ -154,7 +156,7 @@ def main(threads: int | None) -> None:
 @paper_option
 @click.pass_context
 def build(ctx, input_path, out, hu_min, hu_max, sigma, patch, stride, angles, translations, max_shift, hu_gain,
-          hu_offset, noise_hu, blur_px, zoom, flip, rus, ratio, seed, dtype, labels, pixel_mm, label_rule, shard_mb, workers,
+          hu_offset, noise_hu, blur_px, coarsen, zoom, flip, rus, ratio, seed, dtype, labels, pixel_mm, label_rule, shard_mb, workers,
           cluster, part, keep_going, quiet, paper) -> None:
     """Build RUS-balanced, augmented patch shards from INPUT (a Decathlon folder or an image,mask CSV).
 
@@ -175,7 +177,7 @@ def build(ctx, input_path, out, hu_min, hu_max, sigma, patch, stride, angles, tr
         hu_min=hu_min, hu_max=hu_max, sigma=sigma, patch=patch, stride=stride, angles=_floats(angles),
         translations=translations, max_shift=max_shift, rus=rus, ratio=_ratio(ratio), seed=seed, dtype=dtype,
         labels=_labels(labels), shard_mb=shard_mb, pixel_mm=_pixel_mm(pixel_mm), label_rule=label_rule,
-        hu_gain=hu_gain, hu_offset=hu_offset, noise_hu=noise_hu, blur_px=blur_px, zoom=zoom, flip=flip)))
+        hu_gain=hu_gain, hu_offset=hu_offset, noise_hu=noise_hu, blur_px=blur_px, coarsen=coarsen, zoom=zoom, flip=flip)))
     result = run_build(input_path, out, cfg, workers=workers, part=parse_part(part), keep_going=keep_going,
                        quiet=quiet, cluster=cluster)
     for note in result.notes:

@@ -14,9 +14,9 @@ LABEL_RULES = ("majority", "centre")
 # with: a stored build without them reads as exactly what it was (not as today's defaults).
 # The paper's build (section II.A-C) where the defaults differ from it.
 PAPER = {"stride": 12, "pixel_mm": None, "label_rule": "majority", "hu_gain": 0.0, "hu_offset": 0.0, "noise_hu": 0.0,
-         "blur_px": 0.0, "zoom": 0.0, "flip": 0.0}
+         "blur_px": 0.0, "zoom": 0.0, "flip": 0.0, "coarsen": 1.0}
 LEGACY_VALUES = {"pixel_mm": None, "label_rule": "majority", "hu_gain": 0.0, "hu_offset": 0.0, "noise_hu": 0.0,
-                 "blur_px": 0.0, "zoom": 0.0, "flip": 0.0}
+                 "blur_px": 0.0, "zoom": 0.0, "flip": 0.0, "coarsen": 1.0}
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,9 @@ class BuildConfig:
     HU * gain + offset + noise, gain uniform in [1 - hu_gain, 1 + hu_gain], offset uniform in
     [-hu_offset, hu_offset] HU, Gaussian noise of an SD uniform in [0, noise_hu] HU, then a
     Gaussian blur of an SD uniform in [0, blur_px] working pixels (a coarser scanner or thicker
-    slices); drawn per (slice, view). All 0: off (the paper).
+    slices), then the view as pixels f times larger show it, f uniform in [1, coarsen]
+    (``kernels.coarsen_slice``: a coarse scan brought to the working pixels); drawn per (slice,
+    view). All 0 (coarsen 1): off (the paper).
 
     Pixel size: ``pixel_mm`` resamples every axial slice in-plane to square pixels of that size
     (mm) before windowing (``stages.resample``); None keeps the native pixels (the paper). Label
@@ -74,6 +76,7 @@ class BuildConfig:
     hu_offset: float = 40.0
     noise_hu: float = 60.0
     blur_px: float = 1.5
+    coarsen: float = 1.0
     zoom: float = 0.2
     flip: float = 0.0
 
@@ -101,6 +104,7 @@ class BuildConfig:
             (self.hu_offset >= 0, "hu_offset", self.hu_offset, "an HU range >= 0"),
             (self.noise_hu >= 0, "noise_hu", self.noise_hu, "a noise SD in HU >= 0"),
             (0 <= self.blur_px <= 8, "blur_px", self.blur_px, "a blur SD in pixels in [0, 8]"),
+            (1 <= self.coarsen <= 8, "coarsen", self.coarsen, "a pixel-size factor in [1, 8]"),
             (0 <= self.zoom <= 1, "zoom", self.zoom, "a fraction in [0, 1] (factors 1/(1+zoom) .. 1+zoom)"),
             (0 <= self.flip <= 1, "flip", self.flip, "a probability in [0, 1]"),
         ]
@@ -116,7 +120,7 @@ class BuildConfig:
     @property
     def jitters(self) -> bool:
         """Does the build augment intensities?"""
-        return self.hu_gain > 0 or self.hu_offset > 0 or self.noise_hu > 0 or self.blur_px > 0
+        return self.hu_gain > 0 or self.hu_offset > 0 or self.noise_hu > 0 or self.blur_px > 0 or self.coarsen > 1
 
     @property
     def n_views(self) -> int:

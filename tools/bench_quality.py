@@ -41,7 +41,7 @@ BENCH_TRAIN = ["--epochs", "{epochs}", "--lr-step", "{lr_step}", "--device", "cp
 # absent: every hole, as the rows measured before it were scored), and "from": reuse that row's
 # model and probabilities (a post-processing variant).
 PAPER_BUILD = ["--pixel-mm", "native", "--label-rule", "majority", "--stride", "12", "--hu-gain", "0",
-               "--hu-offset", "0", "--noise-hu", "0", "--zoom", "0", "--flip", "0"]
+               "--hu-offset", "0", "--noise-hu", "0", "--zoom", "0", "--flip", "0", "--coarsen", "1"]
 CHOSEN = ["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"]
 JITTER = ["--hu-gain", "0.1", "--hu-offset", "40", "--noise-hu", "25"]
 JITTER2 = ["--hu-gain", "0.25", "--hu-offset", "40", "--noise-hu", "25", "--blur-px", "1.5"]
@@ -119,6 +119,9 @@ ROWS = {
     # then half of the augmented views mirrored left-right
     "+flip": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER4 + ["--zoom", "0.2", "--flip", "0.5"],
                   train=["--init", "kaiming"], mine=False, post="spine", refine=100.0, holes=50.0),
+    # or the augmented views as pixels up to 2x larger show them (2.8 mm: coarse scans)
+    "+coarsen2": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER4 + ["--zoom", "0.2", "--coarsen", "2"],
+                      train=["--init", "kaiming"], mine=False, post="spine", refine=100.0, holes=50.0),
 }
 
 

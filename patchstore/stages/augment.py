@@ -149,12 +149,18 @@ def augment_slice(image: np.ndarray, mask: np.ndarray, maps: np.ndarray) -> tupl
     return imgs, masks
 
 
+NO_JITTER = (1, 0, 0, 0, 1)  # gain, offset, noise SD, blur SD, coarsening factor
+
+
 def draw_jitter(n_slices: int, cfg: BuildConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(n_slices, n_views, 4) float32 (gain, offset HU, noise SD HU, blur SD px) and
-    (n_slices, n_views) uint64 noise keys of the intensity augmentation; view 0 keeps (1, 0, 0, 0).
+    """(n_slices, n_views, 5) float32 (gain, offset HU, noise SD HU, blur SD px, coarsening
+    factor) and (n_slices, n_views) uint64 noise keys of the intensity augmentation; view 0 keeps
+    ``NO_JITTER``.
 
     Every entry is drawn, also those reset after, so the stream depends only on the shape:
-    gain, offset, noise SD, key, blur SD, each one ``rng`` call of shape (n_slices, n_views).
+    gain, offset, noise SD, key, blur SD, coarsening factor (uniform in [1, coarsen]), each one
+    ``rng`` call of shape (n_slices, n_views). The factor is drawn last, so the others are what
+    they were before it existed.
     """
     shape = (n_slices, cfg.n_views)
     gain = rng.uniform(1 - cfg.hu_gain, 1 + cfg.hu_gain, shape)
@@ -162,8 +168,9 @@ def draw_jitter(n_slices: int, cfg: BuildConfig, rng: np.random.Generator) -> tu
     noise = rng.uniform(0, cfg.noise_hu, shape)
     keys = rng.integers(0, 2**63, shape, dtype=np.uint64)
     blur = rng.uniform(0, cfg.blur_px, shape)
-    jitter = np.stack([gain, offset, noise, blur], axis=-1).astype(np.float32)
-    jitter[:, 0] = (1, 0, 0, 0)
+    coarse = rng.uniform(1, cfg.coarsen, shape)
+    jitter = np.stack([gain, offset, noise, blur, coarse], axis=-1).astype(np.float32)
+    jitter[:, 0] = NO_JITTER
     if not cfg.jitters:
-        jitter[...] = (1, 0, 0, 0)
+        jitter[...] = NO_JITTER
     return np.ascontiguousarray(jitter), keys

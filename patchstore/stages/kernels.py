@@ -331,6 +331,44 @@ def preprocess_slice(hu, hu_min, hu_max, w, win, out):
         out[:, :] = win
 
 
+@njit(cache=True)
+def coarsen_slice(x, factor, out):
+    """``x`` as a scanner with pixels ``factor`` times larger would show it, on the same grid:
+    area-averaged onto an edge-aligned grid of round(H / factor) x round(W / factor) cells (each
+    pixel's share of a cell is its overlap with it), then bilinearly back (``resize_taps``: the
+    coarse grid's pixel edges meet the slice's at its borders, as ``stages.resample`` maps a
+    coarse scan onto the working pixels). x, out: (H, W) float32; factor >= 1 (1: a copy)."""
+    nh, nw = x.shape
+    h2, w2 = max(1, int(round(nh / factor))), max(1, int(round(nw / factor)))
+    rows = np.zeros((h2, nw), np.float64)  # area average along rows, then along columns
+    step = nh / h2
+    for i in range(h2):
+        lo, hi = i * step, (i + 1) * step
+        for r in range(int(np.floor(lo)), min(int(np.ceil(hi)), nh)):
+            share = (min(hi, r + 1.0) - max(lo, float(r))) / step
+            for j in range(nw):
+                rows[i, j] += share * x[r, j]
+    coarse = np.zeros((h2, w2), np.float64)
+    step = nw / w2
+    for i in range(w2):
+        lo, hi = i * step, (i + 1) * step
+        for c in range(int(np.floor(lo)), min(int(np.ceil(hi)), nw)):
+            share = (min(hi, c + 1.0) - max(lo, float(c))) / step
+            for k in range(h2):
+                coarse[k, i] += share * rows[k, c]
+    ly, wy = np.empty(nh, np.int64), np.empty(nh, np.float64)
+    lx, wx = np.empty(nw, np.int64), np.empty(nw, np.float64)
+    resize_taps(h2, nh, ly, wy)
+    resize_taps(w2, nw, lx, wx)
+    for i in range(nh):
+        r0, r1, a = ly[i], min(ly[i] + 1, h2 - 1), wy[i]
+        for j in range(nw):
+            c0, c1, b = lx[j], min(lx[j] + 1, w2 - 1), wx[j]
+            top = (1.0 - b) * coarse[r0, c0] + b * coarse[r0, c1]
+            bottom = (1.0 - b) * coarse[r1, c0] + b * coarse[r1, c1]
+            out[i, j] = np.float32((1.0 - a) * top + a * bottom)
+
+
 @njit(cache=True, parallel=True)
 def volume_patches(image, hu_min, hu_max, w, maps, jitter, keys, slice_pairs, pair_bounds, pair_view, rows, cols,
                    quantize, out):
@@ -338,9 +376,10 @@ def volume_patches(image, hu_min, hu_max, w, maps, jitter, keys, slice_pairs, pa
 
     image: (S, H, W) float32 HU, the slices holding kept patches; hu_min, hu_max: float32;
     w: (2r+1,) float64 Gaussian taps (length 1 = no smoothing); maps: (S, V, 2, 3) float64;
-    jitter: (S, V, 4) float32 (gain, offset HU, noise SD HU, blur SD px) and keys: (S, V) uint64
-    of the intensity augmentation of each view (``jitter_slice``, then a Gaussian blur of the HU;
-    gain 1, offset 0, noise 0, blur 0 = none).
+    jitter: (S, V, 5) float32 (gain, offset HU, noise SD HU, blur SD px, coarsening factor) and
+    keys: (S, V) uint64 of the intensity augmentation of each view (``jitter_slice``, then a
+    Gaussian blur of the HU, then ``coarsen_slice``; gain 1, offset 0, noise 0, blur 0, factor 1
+    = none).
     The kept patches are grouped by slice, then by view, CSR style:
 
         slice s owns pairs    p in [slice_pairs[s], slice_pairs[s+1])
@@ -362,10 +401,14 @@ def volume_patches(image, hu_min, hu_max, w, maps, jitter, keys, slice_pairs, pa
         for p in range(slice_pairs[s], slice_pairs[s + 1]):
             v = pair_view[p]
             gain, offset, noise, blur = jitter[s, v, 0], jitter[s, v, 1], jitter[s, v, 2], jitter[s, v, 3]
-            if gain != 1 or offset != 0 or noise > 0 or blur > 0:
+            coarse = jitter[s, v, 4]
+            if gain != 1 or offset != 0 or noise > 0 or blur > 0 or coarse > 1:
                 jitter_slice(image[s], gain, offset, noise, keys[s, v], jittered)
                 if blur > 0.05:  # below, the taps are [0, 1, 0]
                     smooth_slice(jittered, gaussian_taps(blur), own)
+                    jittered[:, :] = own
+                if coarse > 1.01:  # below, the grid keeps (almost) every pixel
+                    coarsen_slice(jittered, coarse, own)
                     jittered[:, :] = own
                 preprocess_slice(jittered, hu_min, hu_max, w, win, own)
                 pre = own

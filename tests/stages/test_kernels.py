@@ -189,6 +189,30 @@ def test_hash_normal_is_a_standard_normal_keyed_by_pixel():
     assert abs(a.mean()) < 0.01 and abs(a.std() - 1) < 0.01 and abs(np.mean(a**4) - 3) < 0.05
 
 
+@pytest.mark.parametrize("shape", [(40, 60), (37, 53)])
+def test_coarsen_slice_is_a_coarser_grid_brought_back(rng, shape):
+    """Factor 1 keeps the slice; a constant stays constant; with an integer factor dividing the
+    size, the coarse cells are block means and the result is the edge-aligned bilinear resize of
+    them; any factor keeps the slice's mean to within the edges' share."""
+    x = rng.normal(100, 50, shape).astype(np.float32)
+    out = np.empty_like(x)
+    kernels.coarsen_slice(x, 1.0, out)
+    np.testing.assert_allclose(out, x, rtol=1e-6, atol=1e-4)
+    kernels.coarsen_slice(np.full(shape, 7.5, np.float32), 2.7, out)
+    np.testing.assert_allclose(out, 7.5, rtol=1e-6)
+    if shape == (40, 60):
+        kernels.coarsen_slice(x, 4.0, out)
+        blocks = x.reshape(10, 4, 15, 4).mean(axis=(1, 3))
+        ly, wy, lx, wx = np.empty(40, np.int64), np.empty(40), np.empty(60, np.int64), np.empty(60)
+        kernels.resize_taps(10, 40, ly, wy)
+        kernels.resize_taps(15, 60, lx, wx)
+        up = np.empty((1, 40, 60), np.float32)
+        kernels.resize_bilinear(blocks[None].astype(np.float32), ly, wy, lx, wx, up)
+        np.testing.assert_allclose(out, up[0], rtol=1e-5, atol=1e-3)
+    kernels.coarsen_slice(x, 2.6, out)
+    assert abs(out.mean() - x.mean()) < 2.0 and out.std() < 0.6 * x.std()
+
+
 def test_jitter_slice_is_gain_then_offset():
     hu = np.array([[-1000, 0, 100, 1000]], np.float32)
     out = np.empty_like(hu)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from patchstore.config import BuildConfig
-from patchstore.stages import augment
+from patchstore.stages import augment, kernels
 from patchstore.stages.balance import class_counts
 from patchstore.stages.patches import grid_shape
 from patchstore.stages.pipeline import build_volume, child_seeds
@@ -183,10 +183,14 @@ def test_jitter_draws_do_not_depend_on_the_other_streams():
     """Turning jitter on or off leaves the shifts and the RUS draws as they were."""
     cfg = cfg_for(hu_gain=0.1)
     g, keys = augment.draw_jitter(5, cfg, np.random.default_rng(1))
-    assert g.shape == (5, cfg.n_views, 4) and keys.dtype == np.uint64
-    assert np.all(g[:, 0] == (1, 0, 0, 0)) and np.all(np.abs(g[:, 1:, 0] - 1) <= 0.1) and np.all(g[:, :, 1:] == 0)
+    assert g.shape == (5, cfg.n_views, 5) and keys.dtype == np.uint64
+    assert np.all(g[:, 0] == (1, 0, 0, 0, 1)) and np.all(np.abs(g[:, 1:, 0] - 1) <= 0.1)
+    assert np.all(g[:, :, 1:4] == 0) and np.all(g[:, :, 4] == 1)
     off, _ = augment.draw_jitter(5, cfg_for(), np.random.default_rng(1))
-    assert np.all(off == (1, 0, 0, 0))
+    assert np.all(off == (1, 0, 0, 0, 1))
+    c, c_keys = augment.draw_jitter(5, cfg_for(hu_gain=0.1, coarsen=2.0), np.random.default_rng(1))
+    assert np.array_equal(c[..., :4], g[..., :4]) and np.array_equal(c_keys, keys)  # drawn last
+    assert np.all((c[:, 1:, 4] >= 1) & (c[:, 1:, 4] <= 2)) and c[:, 1:, 4].std() > 0.2
 
 
 def test_blur_jitter_smooths_the_augmented_views(volume):
@@ -198,6 +202,27 @@ def test_blur_jitter_smooths_the_augmented_views(volume):
     step = lambda p: np.abs(np.diff(p.astype(np.int16), axis=2)).mean()  # noqa: E731
     assert step(blurred.patches[aug]) < 0.8 * step(plain.patches[aug])
     assert np.array_equal(blurred.patches[~aug], plain.patches[~aug])
+
+
+def test_coarsening_blurs_the_augmented_views_as_their_drawn_factor_says(volume):
+    """With coarsening only, view 0 stays, the augmented views lose fine detail, and each is the
+    kernel's coarsened view of its slice with the factor drawn for it."""
+    image, mask = volume
+    cfg = cfg_for(rus=False, sigma=0, coarsen=3.0, angles=(), translations=1, max_shift=0)
+    plain = build_volume(image, mask, cfg_for(rus=False, sigma=0), np.random.SeedSequence(4))
+    seq = np.random.SeedSequence(4)
+    coarse = build_volume(image, mask, cfg, seq)
+    aug = coarse.origin[:, 3] > 0
+    assert np.array_equal(coarse.patches[~aug], plain.patches[plain.origin[:, 3] == 0])
+    step = lambda p: np.abs(np.diff(p.astype(np.int16), axis=2)).mean()  # noqa: E731
+    assert step(coarse.patches[aug]) < 0.8 * step(coarse.patches[~aug])
+    jitter, _ = augment.draw_jitter(image.shape[0], cfg, np.random.default_rng(child_seeds(seq, 3)[2]))
+    for p, (z, r, c, a) in list(zip(coarse.patches, coarse.origin))[::7]:
+        if a:
+            view = np.empty_like(image[z])
+            kernels.coarsen_slice(image[z], jitter[z, a, 4], view)
+            np.testing.assert_array_equal(p, quantize(preprocess_float(view[None], cfg)[0][r : r + N, c : c + N],
+                                                      "uint8"))
 
 
 def test_zoom_spares_view_0_and_its_draws_leave_the_other_streams(volume):
