@@ -45,6 +45,19 @@ def _refine(spec: str) -> str | float | None:
     return value
 
 
+def _midline(spec: str) -> float | None:
+    """``--midline-mm``: None for "none", else a distance in mm > 0."""
+    if spec == "none":
+        return None
+    try:
+        value = float(spec)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"expected none or a distance in mm above 0, got {spec!r}", param_hint="--midline-mm")
+    return value
+
+
 def check_outputs(paths: list[Path | None], folders: list[Path | None] = ()) -> None:
     """Refuse outputs that can't be written, before any inference runs: a volume format no writer
     knows (``-o x.txt``), or a folder that can't take files."""
@@ -133,6 +146,10 @@ def _print_scores(entry: dict, cfg) -> None:
                    "gaps and fill each slice's holes of a median of at least 50 HU (dark marrow, not the spinal canal). "
                    "Trims the soft-tissue rim a patch classifier draws around bone; never adds a pixel. none: the "
                    "paper's steps alone.")
+@click.option("--midline-mm", "midline", default="50", show_default=True, metavar="MM|none",
+              help="--postprocess spine: where the spine track lies more than MM left or right of the body's midline "
+                   "(a false positive below or beside the spine), keep nothing in that slice; none: no limit (a "
+                   "severely scoliotic spine).")
 @click.option("--threshold", default=0.5, show_default=True,
               help="Vertebra where the probability exceeds this (0.5: the network's argmax).")
 @click.option("--probabilities", type=click.Path(path_type=Path), default=None,
@@ -153,7 +170,7 @@ def _print_scores(entry: dict, cfg) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print each case's report as JSON (keyed by input image).")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-case timing lines.")
 def volume(inputs, checkpoint, out, engine, cascade_step, skip_zero, body_mask, batch_slices, device, bf16, tf32,
-           postprocess, refine, threshold, probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json,
+           postprocess, refine, midline, threshold, probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json,
            quiet) -> None:
     """Segment the vertebrae of each CT into a mask (uint8, 1 = vertebra) with the CT's exact geometry.
 
@@ -183,6 +200,7 @@ def volume(inputs, checkpoint, out, engine, cascade_step, skip_zero, body_mask, 
     from train.model import cpu_has_native_bf16, pick_device
     label_values = _labels(labels)
     refine = _refine(refine)
+    midline = _midline(midline)
     dev = pick_device(device)
     if tf32 and dev.type != "cuda":
         raise click.BadParameter(f"--tf32 is for GPUs only; the device is {dev}", param_hint="--tf32")
@@ -209,7 +227,7 @@ def volume(inputs, checkpoint, out, engine, cascade_step, skip_zero, body_mask, 
                 entry = segment_case(case, plan, model, cfg, labels=label_values, tolerance_mm=tolerance_mm,
                                      trained_at=trained_at, warn=lambda s: click.echo(f"warning: {s}", err=True),
                                      progress=advance, postprocess_method=postprocess, threshold=threshold,
-                                     refine=refine, engine=engine, cascade_step=int(cascade_step),
+                                     refine=refine, midline_mm=midline, engine=engine, cascade_step=int(cascade_step),
                                      skip_zero=skip_zero, body=body_mask, batch_slices=batch_slices, device=dev,
                                      bf16=bf16, tf32=tf32)
             if not quiet and not as_json:

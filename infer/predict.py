@@ -23,7 +23,7 @@ import torch
 from infer.cascade import CascadeEngine
 from infer.dense import DenseOPConvNet, patch_nonzero
 from infer.patch_engine import patch_logits
-from infer.postprocess import body_mask, postprocess
+from infer.postprocess import MIDLINE_MM, body_mask, postprocess
 from patchstore.config import BuildConfig
 from patchstore.io.volume import Volume, binarize, check_same_grid, read_volume
 from patchstore.stages.preprocess import preprocess, to_unit
@@ -236,17 +236,19 @@ def _read_back(z0: int, host: torch.Tensor, done, skipped: int) -> tuple[int, np
 
 
 def segment(model: OPConvNet, cfg: BuildConfig, volume: Volume, *, postprocess_method: str = "spine",
-            threshold: float = 0.5, refine: str | float | None = "window", **engine_options) -> Prediction:
+            threshold: float = 0.5, refine: str | float | None = "window", midline_mm: float | None = MIDLINE_MM,
+            **engine_options) -> Prediction:
     """Classify every pixel of every axial slice of ``volume`` and post-process the mask.
 
     ``refine``: the bone refinement's floor in HU (see ``infer.postprocess``), "window" for the
-    build's ``hu_min``, None for none."""
+    build's ``hu_min``, None for none. ``midline_mm``: the spine filter's band around the body's
+    midline (``infer.postprocess.spine_track``), None for none."""
     t0 = time.perf_counter()
     prob, skipped = vertebra_probability(model, cfg, volume.array, spacing_yx=volume.geometry.spacing_zyx[1:],
                                          **engine_options)
     raw = prob > threshold  # 0.5: the argmax of two classes; a tie goes to background
     mask = postprocess(raw, volume.geometry.spacing_zyx, method=postprocess_method, hu=volume.array,
-                       refine_hu=cfg.hu_min if refine == "window" else refine)
+                       refine_hu=cfg.hu_min if refine == "window" else refine, midline_mm=midline_mm)
     return Prediction(prob, raw, mask, time.perf_counter() - t0, skipped)
 
 

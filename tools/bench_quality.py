@@ -38,8 +38,9 @@ BENCH_TRAIN = ["--epochs", "{epochs}", "--lr-step", "{lr_step}", "--device", "cp
 # a round of `infer mine`, the post-processing applied to the probability (`infer volume
 # --postprocess`), the refinement's floor in HU ("refine": `--refine`; absent: none), the
 # smallest median HU of a hole it fills ("holes": 50, `infer volume`'s since the canal rule;
-# absent: every hole, as the rows measured before it were scored), and "from": reuse that row's
-# model and probabilities (a post-processing variant).
+# absent: every hole, as the rows measured before it were scored), the spine filter's band around
+# the body's midline ("midline": 50, `infer volume --midline-mm`'s default since; absent: none),
+# and "from": reuse that row's model and probabilities (a post-processing variant).
 PAPER_BUILD = ["--pixel-mm", "native", "--label-rule", "majority", "--stride", "12", "--hu-gain", "0",
                "--hu-offset", "0", "--noise-hu", "0", "--zoom", "0", "--flip", "0", "--coarsen", "1"]
 CHOSEN = ["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"]
@@ -122,6 +123,11 @@ ROWS = {
     # or the augmented views as pixels up to 2x larger show them (2.8 mm: coarse scans)
     "+coarsen2": dict(data="ct+phantoms", build=PAPER_BUILD + CHOSEN + JITTER4 + ["--zoom", "0.2", "--coarsen", "2"],
                       train=["--init", "kaiming"], mine=False, post="spine", refine=100.0, holes=50.0),
+    # the spine filter keeps nothing where its track lies > 50 mm to the side of the body's midline
+    "+midline": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, **{"from": "+zoom0.2"}),
+    "+flip+midline": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, **{"from": "+flip"}),
+    "+hu70+midline": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, **{"from": "+hu70"}),
+    "+coarsen2+midline": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, **{"from": "+coarsen2"}),
 }
 
 
@@ -223,10 +229,12 @@ def infer_case(folder: Path, model: Path, image: Path, log: Path) -> dict:
     return next(iter(json.loads(report.read_text()).values()))
 
 
-def score(folder: Path, image: Path, post: str, refine: float | None, holes: float | None) -> dict:
+def score(folder: Path, image: Path, post: str, refine: float | None, holes: float | None,
+          midline: float | None) -> dict:
     """Metrics of the saved probability map > 0.5, post-processed with ``post`` and refined at
     ``refine`` HU (None: not), filling holes of a median of at least ``holes`` HU (None: every
-    hole), as `infer volume --postprocess POST --refine REFINE` does."""
+    hole), the spine filter's band ``midline`` mm (None: none), as `infer volume --postprocess
+    POST --refine REFINE --midline-mm MIDLINE` does."""
     from infer.metrics import segmentation_metrics
     from infer.postprocess import postprocess
     from patchstore.io.volume import read_volume
@@ -235,7 +243,7 @@ def score(folder: Path, image: Path, post: str, refine: float | None, holes: flo
     ref = read_volume(image.parents[1] / "labelsTr" / f"{case}.nii.gz", dtype=None).array.astype(bool)
     hu = read_volume(image).array if post == "spine" or refine is not None else None
     mask = postprocess(prob.array > 0.5, prob.geometry.spacing_zyx, method=post, hu=hu, refine_hu=refine,
-                       hole_min_hu=holes)
+                       hole_min_hu=holes, midline_mm=midline)
     return segmentation_metrics(mask, ref, prob.geometry.spacing_zyx)
 
 
@@ -263,7 +271,7 @@ def run_row(name: str, recipe: dict, args, data: dict, out: Path) -> dict:
         case = image.name[: -len("_0000.nii.gz")]
         entry = json.loads((folder / f"{case}.json").read_text())
         entry = next(iter(entry.values()))
-        m = score(folder, image, recipe["post"], recipe.get("refine"), recipe.get("holes"))
+        m = score(folder, image, recipe["post"], recipe.get("refine"), recipe.get("holes"), recipe.get("midline"))
         cases[case] = {"DSC": m["DSC"], "SEN": m["SEN"], "PRE": m["PRE"], "HD95": m["HD95"],
                        "rule_DSC": entry["label_rule_DSC"], "seconds": entry["seconds"]}
     result = {"row": name, "recipe": recipe, "train_seconds": t_train, "cases": cases}

@@ -178,3 +178,24 @@ def test_a_ct_not_in_hounsfield_units_is_segmented_with_a_warning(tmp_path, rng)
     assert res.exit_code == 0, res.output
     assert f"warning: {shifted}: intensity range [" in res.stderr and "rescale" in res.stderr
     assert (tmp_path / "pred.nii.gz").exists()
+
+
+def test_midline_option_reaches_the_spine_filter_and_a_bad_one_is_refused(tmp_path, rng, monkeypatch):
+    """--midline-mm gives the spine filter its band (default 50 mm, none for no band); a value that
+    is not a positive distance stops before any output."""
+    import infer.predict
+    image, _ = _case(tmp_path / "d", "c0", rng)
+    ckpt = write_checkpoint(tmp_path / "m.pt")
+    seen = []
+    real = infer.predict.postprocess
+    monkeypatch.setattr(infer.predict, "postprocess", lambda *a, **k: (seen.append(k["midline_mm"]), real(*a, **k))[1])
+    for i, choice in enumerate(([], ["--midline-mm", "30"], ["--midline-mm", "none"])):
+        res = CliRunner().invoke(main, ["volume", str(image), "-m", str(ckpt), "-o", str(tmp_path / f"{i}.nii.gz"),
+                                        *choice, "--quiet"])
+        assert res.exit_code == 0, res.output
+    assert seen == [50.0, 30.0, None]
+    for bad in ("-5", "wide"):
+        res = CliRunner().invoke(main, ["volume", str(image), "-m", str(ckpt), "-o", str(tmp_path / "x" / "p.nii.gz"),
+                                        "--midline-mm", bad])
+        assert res.exit_code == 2 and "--midline-mm" in res.output and repr(bad) in res.output
+    assert not (tmp_path / "x").exists()

@@ -196,6 +196,27 @@ def test_spine_method_drops_what_is_not_spine_where_the_paper_keeps_it():
         postprocess(pred, (2.0, 1.0, 1.0), method="spine")
 
 
+def test_spine_filter_keeps_nothing_where_the_track_lies_far_to_the_side():
+    """Below the spine, a hip-like false positive 50-68 mm to the side fills 12 slices (longer
+    than the track's median window): without the midline band the track follows it there and it
+    is kept; with the default band (50 mm) those slices get no track and nothing of it stays,
+    while the spine is kept as before."""
+    hu, spine, _ = _torso()
+    yy, xx = (np.indices(spine.shape[1:]) + 0.5) - 80
+    spine[:12] = False
+    hip = np.zeros_like(spine)
+    hip[:12, (xx > 50) & (xx < 68) & (np.abs(yy - 5) < 15)] = True
+    pred = spine | hip
+    loose = postprocess(pred, (2.0, 1.0, 1.0), method="spine", hu=hu, midline_mm=None)
+    assert loose[hip].mean() > 0.3
+    kept = postprocess(pred, (2.0, 1.0, 1.0), method="spine", hu=hu)
+    assert not kept[hip].any() and kept[spine].mean() > 0.95
+    track = spine_track(pred, body_mask(hu), (2.0, 1.0, 1.0))
+    assert np.isnan(track[:12]).all() and np.all(np.abs(track[13:, 1] - 79.5) <= 4)  # 12: the median mixes
+    np.testing.assert_array_equal(postprocess(spine, (2.0, 1.0, 1.0), method="spine", hu=hu),
+                                  postprocess(spine, (2.0, 1.0, 1.0), method="spine", hu=hu, midline_mm=None))
+
+
 def test_keep_spine_clips_long_arms_attached_to_the_spine():
     """A rib joined to a vertebra in its slice is cut at clip_mm from the spine."""
     hu, spine, _ = _torso()
