@@ -30,16 +30,21 @@ def user_errors() -> tuple[type[Exception], ...]:
     return (ValueError, OSError)
 
 
+def _number(spec: str) -> float:
+    """``spec`` as a float, NaN where it is not a number."""
+    try:
+        return float(spec)
+    except ValueError:
+        return float("nan")
+
+
 def _refine(spec: str) -> str | float | None:
     """``--refine``: "window" (the checkpoint's window floor), None for "none", or a HU value."""
     if spec == "window":
         return spec
     if spec == "none":
         return None
-    try:
-        value = float(spec)
-    except ValueError:
-        value = float("nan")
+    value = _number(spec)
     if not math.isfinite(value):
         raise click.BadParameter(f"expected window, none or a HU value, got {spec!r}", param_hint="--refine")
     return value
@@ -49,10 +54,7 @@ def _midline(spec: str) -> float | None:
     """``--midline-mm``: None for "none", else a distance in mm > 0."""
     if spec == "none":
         return None
-    try:
-        value = float(spec)
-    except ValueError:
-        value = float("nan")
+    value = _number(spec)
     if not (math.isfinite(value) and value > 0):
         raise click.BadParameter(f"expected none or a distance in mm above 0, got {spec!r}", param_hint="--midline-mm")
     return value

@@ -332,30 +332,31 @@ def preprocess_slice(hu, hu_min, hu_max, w, win, out):
 
 
 @njit(cache=True)
+def area_rows(x, n2):
+    """(H, W) -> (n2, W) float64: the rows of ``x`` area-averaged onto n2 equal cells spanning
+    them (each row's share of a cell is its overlap with it)."""
+    n, w = x.shape
+    out = np.zeros((n2, w), np.float64)
+    step = n / n2
+    for i in range(n2):
+        lo, hi = i * step, (i + 1) * step
+        for r in range(int(np.floor(lo)), min(int(np.ceil(hi)), n)):
+            share = (min(hi, r + 1.0) - max(lo, float(r))) / step
+            for j in range(w):
+                out[i, j] += share * x[r, j]
+    return out
+
+
+@njit(cache=True)
 def coarsen_slice(x, factor, out):
     """``x`` as a scanner with pixels ``factor`` times larger would show it, on the same grid:
-    area-averaged onto an edge-aligned grid of round(H / factor) x round(W / factor) cells (each
-    pixel's share of a cell is its overlap with it), then bilinearly back (``resize_taps``: the
+    area-averaged onto an edge-aligned grid of round(H / factor) x round(W / factor) cells
+    (``area_rows`` along rows, then along columns), then bilinearly back (``resize_taps``: the
     coarse grid's pixel edges meet the slice's at its borders, as ``stages.resample`` maps a
     coarse scan onto the working pixels). x, out: (H, W) float32; factor >= 1 (1: a copy)."""
     nh, nw = x.shape
     h2, w2 = max(1, int(round(nh / factor))), max(1, int(round(nw / factor)))
-    rows = np.zeros((h2, nw), np.float64)  # area average along rows, then along columns
-    step = nh / h2
-    for i in range(h2):
-        lo, hi = i * step, (i + 1) * step
-        for r in range(int(np.floor(lo)), min(int(np.ceil(hi)), nh)):
-            share = (min(hi, r + 1.0) - max(lo, float(r))) / step
-            for j in range(nw):
-                rows[i, j] += share * x[r, j]
-    coarse = np.zeros((h2, w2), np.float64)
-    step = nw / w2
-    for i in range(w2):
-        lo, hi = i * step, (i + 1) * step
-        for c in range(int(np.floor(lo)), min(int(np.ceil(hi)), nw)):
-            share = (min(hi, c + 1.0) - max(lo, float(c))) / step
-            for k in range(h2):
-                coarse[k, i] += share * rows[k, c]
+    coarse = area_rows(np.ascontiguousarray(area_rows(x, h2).T), w2).T
     ly, wy = np.empty(nh, np.int64), np.empty(nh, np.float64)
     lx, wx = np.empty(nw, np.int64), np.empty(nw, np.float64)
     resize_taps(h2, nh, ly, wy)
