@@ -51,7 +51,7 @@ _IN_SLICE_CROSS = ndimage.generate_binary_structure(2, 1)[None]  # (1, 3, 3): no
 _SLICE_LABELS = np.zeros((3, 3, 3), dtype=bool)  # ndimage.label's 3-D structure with no z-neighbours
 _SLICE_LABELS[1] = _IN_SLICE_CROSS[0]
 HOLE_MIN_HU = 50.0  # refinement: a hole's median HU to be filled (above the canal's CSF and cord)
-MIDLINE_MM = 50.0  # spine filter: how far left or right of the body's midline the spine is looked for
+MIDLINE_MM = 50.0  # spine filter: the farthest left or right of the body's midline a spine track may lie
 
 
 def disk(radius: int) -> np.ndarray:
@@ -243,8 +243,8 @@ def postprocess(
     method "paper": opening with the 3x3 cross (radius 1 pixel, 0 disables), per-slice hole
     filling, keep components of >= 10 % of the largest component's volume, no absolute floor;
     "spine": the same with ``keep_spine`` before the components (needs the CT ``hu``, (Z, Y, X)
-    HU, for the body outline; the spine looked for within ``midline_mm`` of the body's midline,
-    None: anywhere); "none": the mask as it is. ``refine_hu``: then ``refine_to_bone``
+    HU, for the body outline; no track, so nothing kept, where it lies more than ``midline_mm``
+    from the body's midline, None: no such limit); "none": the mask as it is. ``refine_hu``: then ``refine_to_bone``
     at that floor, filling holes of a median of at least ``hole_min_hu`` (needs ``hu``; ignored
     by "none"); None, the paper's steps alone.
     """
