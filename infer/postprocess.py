@@ -143,12 +143,14 @@ def spine_track(mask: np.ndarray, body: np.ndarray, spacing, sigma_mm: float = 1
     dens = ndimage.gaussian_filter(mask.astype(np.float32), (0, sigma_mm / sy, sigma_mm / sx))
     yy, xx = np.indices(mask.shape[1:])
     found = np.full((len(mask), 2), np.nan)
+    centre_x = np.full(len(mask), np.nan)  # the body's left-right centre per slice
     for z in range(len(mask)):
         score = dens[z]
         if body[z].any():
             ys, xs = np.nonzero(body[z])
             back, front = np.percentile(ys, 99), np.percentile(ys, 1)
             cy, cx = back - 0.3 * (back - front), xs.mean()
+            centre_x[z] = cx
             score = score * np.exp(-0.5 * (((xx - cx) * sx) ** 2 + ((yy - cy) * sy) ** 2) / prior_mm**2)
         if score.max() > 1e-3:
             found[z] = np.unravel_index(int(score.argmax()), score.shape)
@@ -158,7 +160,7 @@ def spine_track(mask: np.ndarray, body: np.ndarray, spacing, sigma_mm: float = 1
         near = found[max(0, z - half): z + half + 1]
         if np.isfinite(near).any():
             track[z] = np.nanmedian(near, axis=0)
-        if midline_mm is not None and body[z].any() and abs(track[z, 1] - np.nonzero(body[z])[1].mean()) * sx > midline_mm:
+        if midline_mm is not None and abs(track[z, 1] - centre_x[z]) * sx > midline_mm:  # NaN compares False
             track[z] = np.nan  # the spine is not that far to the side: a false positive won here
     return track
 
