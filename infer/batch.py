@@ -17,7 +17,7 @@ import numpy as np
 from infer.cases import Case, CaseOutputs
 from infer.metrics import reasons_for, segmentation_metrics
 from infer.overlay import write_overlays, write_summary
-from infer.postprocess import MIDLINE_MM
+from infer.postprocess import MIDLINE_MM, Z_SIGMA_MM
 from infer.predict import pixel_warning, read_reference, segment
 from patchstore.config import BuildConfig
 from patchstore.io.check import intensity_problem
@@ -40,7 +40,7 @@ def segment_case(case: Case, outputs: CaseOutputs, model, cfg: BuildConfig, *, l
                  tolerance_mm: float, trained_at: tuple[float, float] | None, warn: Callable[[str], None],
                  progress: Callable[[int, int], None] | None = None, postprocess_method: str = "spine",
                  threshold: float = 0.5, refine: str | float | None = "window", midline_mm: float | None = MIDLINE_MM,
-                 **engine_options) -> dict:
+                 z_sigma_mm: float | None = Z_SIGMA_MM, **engine_options) -> dict:
     """Segment ``case`` with ``model`` (``engine_options`` as ``infer.predict.segment`` takes them),
     write ``outputs`` and return the report entry; ``progress(done, total)`` counts axial slices."""
     vol = read_volume(case.image)
@@ -57,7 +57,7 @@ def segment_case(case: Case, outputs: CaseOutputs, model, cfg: BuildConfig, *, l
         if warning:
             warn(f"{case.image}: {warning}")
     pred = segment(model, cfg, vol, postprocess_method=postprocess_method, threshold=threshold,
-                   refine=refine, midline_mm=midline_mm, progress=step, **engine_options)
+                   refine=refine, midline_mm=midline_mm, z_sigma_mm=z_sigma_mm, progress=step, **engine_options)
     if not pred.mask.any():
         warn(f"{case.image}: the predicted mask is empty (no pixel classified vertebra"
              + (" after post-processing" if pred.raw.any() else "") + ")")

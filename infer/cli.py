@@ -50,13 +50,15 @@ def _refine(spec: str) -> str | float | None:
     return value
 
 
-def _midline(spec: str) -> float | None:
-    """``--midline-mm``: None for "none", else a distance in mm > 0."""
+def _distance(spec: str, option: str, zero: bool = False) -> float | None:
+    """A distance option (``--midline-mm``, ``--z-sigma-mm``): None for "none", else mm > 0
+    (>= 0 where ``zero``)."""
     if spec == "none":
         return None
     value = _number(spec)
-    if not (math.isfinite(value) and value > 0):
-        raise click.BadParameter(f"expected none or a distance in mm above 0, got {spec!r}", param_hint="--midline-mm")
+    if not (math.isfinite(value) and (value > 0 or zero and value == 0)):
+        raise click.BadParameter(f"expected none or a distance in mm {'of at least' if zero else 'above'} 0, "
+                                 f"got {spec!r}", param_hint=option)
     return value
 
 
@@ -152,10 +154,15 @@ def _print_scores(entry: dict, cfg) -> None:
               help="--postprocess spine: where the spine track lies more than MM left or right of the body's midline "
                    "(a false positive below or beside the spine), keep nothing in that slice; none: no limit (a "
                    "severely scoliotic spine).")
+@click.option("--z-sigma-mm", "z_sigma", default="2", show_default=True, metavar="MM|none",
+              help="Smooth the vertebra probability along z with a Gaussian of MM before the threshold: a vertebra "
+                   "continues across slices, the network's errors mostly do not (raised the DSC on every test scan "
+                   "measured). Above 2 mm, discs thinner than 4 mm start to fill. none or 0: every slice decided "
+                   "alone, as the paper does.")
 @click.option("--threshold", default=0.5, show_default=True,
               help="Vertebra where the probability exceeds this (0.5: the network's argmax).")
 @click.option("--probabilities", type=click.Path(path_type=Path), default=None,
-              help="Also write the vertebra probability map (float32, 0..1): a file for a single CT, else a folder "
+              help="Also write the vertebra probability map (float32, 0..1, smoothed as --z-sigma-mm says): a file for a single CT, else a folder "
                    "of <case>_prob.nii.gz.")
 @click.option("--reference", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Reference masks: a file per single CT (repeat in their order), or one folder of "
@@ -172,7 +179,7 @@ def _print_scores(entry: dict, cfg) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print each case's report as JSON (keyed by input image).")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-case timing lines.")
 def volume(inputs, checkpoint, out, engine, cascade_step, skip_zero, body_mask, batch_slices, device, bf16, tf32,
-           postprocess, refine, midline, threshold, probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json,
+           postprocess, refine, midline, z_sigma, threshold, probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json,
            quiet) -> None:
     """Segment the vertebrae of each CT into a mask (uint8, 1 = vertebra) with the CT's exact geometry.
 
@@ -202,7 +209,8 @@ def volume(inputs, checkpoint, out, engine, cascade_step, skip_zero, body_mask, 
     from train.model import cpu_has_native_bf16, pick_device
     label_values = _labels(labels)
     refine = _refine(refine)
-    midline = _midline(midline)
+    midline = _distance(midline, "--midline-mm")
+    z_sigma = _distance(z_sigma, "--z-sigma-mm", zero=True)
     dev = pick_device(device)
     if tf32 and dev.type != "cuda":
         raise click.BadParameter(f"--tf32 is for GPUs only; the device is {dev}", param_hint="--tf32")
@@ -229,9 +237,9 @@ def volume(inputs, checkpoint, out, engine, cascade_step, skip_zero, body_mask, 
                 entry = segment_case(case, plan, model, cfg, labels=label_values, tolerance_mm=tolerance_mm,
                                      trained_at=trained_at, warn=lambda s: click.echo(f"warning: {s}", err=True),
                                      progress=advance, postprocess_method=postprocess, threshold=threshold,
-                                     refine=refine, midline_mm=midline, engine=engine, cascade_step=int(cascade_step),
-                                     skip_zero=skip_zero, body=body_mask, batch_slices=batch_slices, device=dev,
-                                     bf16=bf16, tf32=tf32)
+                                     refine=refine, midline_mm=midline, z_sigma_mm=z_sigma, engine=engine,
+                                     cascade_step=int(cascade_step), skip_zero=skip_zero, body=body_mask,
+                                     batch_slices=batch_slices, device=dev, bf16=bf16, tf32=tf32)
             if not quiet and not as_json:
                 click.echo(f"{case.image} -> {plan.mask}: {entry['seconds']:.1f} s, {entry['pixels_per_s']:,} "
                            f"pixels/s, {entry['skipped_fraction']:.1%} of pixels skipped")

@@ -1,5 +1,9 @@
 """Clean-up of the predicted mask: the paper's last step (section II.E, ref. [50]) and a spine filter.
 
+Before the threshold, ``smooth_along_z`` averages each pixel's probability with the slices above
+and below (a Gaussian of ``Z_SIGMA_MM`` along z; `infer volume --z-sigma-mm`, none for the paper's
+per-slice decision).
+
 Patch classification over-segments (the paper notes "a higher rate of false positives"), so the
 binary prediction is cleaned in three steps, each its own function (``method="paper"``):
 
@@ -52,6 +56,7 @@ _SLICE_LABELS = np.zeros((3, 3, 3), dtype=bool)  # ndimage.label's 3-D structure
 _SLICE_LABELS[1] = _IN_SLICE_CROSS[0]
 HOLE_MIN_HU = 50.0  # refinement: a hole's median HU to be filled (above the canal's CSF and cord)
 MIDLINE_MM = 50.0  # spine filter: the farthest left or right of the body's midline a spine track may lie
+Z_SIGMA_MM = 2.0  # the probability's Gaussian smoothing along z before the threshold (README, "Quality")
 
 
 def disk(radius: int) -> np.ndarray:
@@ -59,6 +64,28 @@ def disk(radius: int) -> np.ndarray:
     r = int(radius)
     y, x = np.mgrid[-r : r + 1, -r : r + 1]
     return (y * y + x * x) <= r * r
+
+
+def smooth_along_z(prob: np.ndarray, spacing_z: float, sigma_mm: float | None = Z_SIGMA_MM) -> np.ndarray:
+    """(Z, Y, X) float32 probability -> the same, smoothed along z by a Gaussian of ``sigma_mm``.
+
+    The network classifies every axial slice alone; a vertebra continues across slices, its
+    errors mostly do not. Averaging each pixel's probability with the slices above and below
+    (sigma in mm, so the same at any slice spacing; edges repeat the end slices) before the
+    threshold raised the DSC on every test scan and every model measured (README, "Quality").
+    The limit is the disc between two vertebrae: a disc of height h the network calls
+    background between vertebrae it is sure of stays below 0.5 while erf(h / (2 sqrt(2) sigma))
+    > 0.5, i.e. sigma < 0.74 h. At 2 mm a 3 mm disc (the thinnest, upper thoracic) stays out;
+    at 3 mm an unseen phantom's 4 mm discs were filled.
+    None or 0: the probability unchanged (a copy), the paper's per-slice decision.
+    """
+    if sigma_mm is not None and not (np.isfinite(sigma_mm) and sigma_mm >= 0):
+        raise ValueError(f"z smoothing sigma is {sigma_mm!r} mm; expected a distance >= 0 or None")
+    if spacing_z <= 0:
+        raise ValueError(f"slice spacing is {spacing_z!r} mm; expected > 0")
+    if not sigma_mm or prob.shape[0] < 2:
+        return np.array(prob, np.float32)
+    return ndimage.gaussian_filter1d(np.asarray(prob, np.float32), sigma_mm / spacing_z, axis=0, mode="nearest")
 
 
 def open_slices(mask: np.ndarray, radius: int) -> np.ndarray:

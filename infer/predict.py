@@ -5,7 +5,8 @@
         -> patchstore.stages.preprocess.preprocess (the build's window, smoothing, quantization)
         -> to_unit -> engine (dense or patches) -> softmax -> probability of vertebra
         -> back to the input's pixels (bilinear)
-    -> probability (Z, Y, X) on the input grid -> > threshold (0.5: the argmax) -> postprocess
+    -> probability (Z, Y, X) on the input grid -> smoothed along z (infer.postprocess.smooth_along_z)
+    -> > threshold (0.5: the argmax) -> postprocess
     -> write in the input's own orientation and geometry.
 """
 
@@ -23,7 +24,7 @@ import torch
 from infer.cascade import CascadeEngine
 from infer.dense import DenseOPConvNet, patch_nonzero
 from infer.patch_engine import patch_logits
-from infer.postprocess import MIDLINE_MM, body_mask, postprocess
+from infer.postprocess import MIDLINE_MM, Z_SIGMA_MM, body_mask, postprocess, smooth_along_z
 from patchstore.config import BuildConfig
 from patchstore.io.volume import Volume, binarize, check_same_grid, read_volume
 from patchstore.stages.preprocess import preprocess, to_unit
@@ -36,7 +37,8 @@ ENGINES = ("dense", "patches", "cascade")
 
 @dataclass(frozen=True)
 class Prediction:
-    """``probability`` (Z, Y, X) float32 of vertebra; ``raw`` argmax mask; ``mask`` after postprocess."""
+    """``probability`` (Z, Y, X) float32 of vertebra, smoothed along z as asked; ``raw`` =
+    probability > threshold; ``mask`` after postprocess."""
 
     probability: np.ndarray
     raw: np.ndarray
@@ -237,15 +239,18 @@ def _read_back(z0: int, host: torch.Tensor, done, skipped: int) -> tuple[int, np
 
 def segment(model: OPConvNet, cfg: BuildConfig, volume: Volume, *, postprocess_method: str = "spine",
             threshold: float = 0.5, refine: str | float | None = "window", midline_mm: float | None = MIDLINE_MM,
-            **engine_options) -> Prediction:
+            z_sigma_mm: float | None = Z_SIGMA_MM, **engine_options) -> Prediction:
     """Classify every pixel of every axial slice of ``volume`` and post-process the mask.
 
-    ``refine``: the bone refinement's floor in HU (see ``infer.postprocess``), "window" for the
-    build's ``hu_min``, None for none. ``midline_mm``: the spine filter's band around the body's
-    midline (``infer.postprocess.spine_track``), None for none."""
+    ``z_sigma_mm``: the probability's Gaussian smoothing along z before the threshold
+    (``infer.postprocess.smooth_along_z``), None for none. ``refine``: the bone refinement's
+    floor in HU (see ``infer.postprocess``), "window" for the build's ``hu_min``, None for none.
+    ``midline_mm``: the spine filter's band around the body's midline
+    (``infer.postprocess.spine_track``), None for none."""
     t0 = time.perf_counter()
     prob, skipped = vertebra_probability(model, cfg, volume.array, spacing_yx=volume.geometry.spacing_zyx[1:],
                                          **engine_options)
+    prob = smooth_along_z(prob, volume.geometry.spacing_zyx[0], z_sigma_mm)
     raw = prob > threshold  # 0.5: the argmax of two classes; a tie goes to background
     mask = postprocess(raw, volume.geometry.spacing_zyx, method=postprocess_method, hu=volume.array,
                        refine_hu=cfg.hu_min if refine == "window" else refine, midline_mm=midline_mm)

@@ -40,7 +40,9 @@ BENCH_TRAIN = ["--epochs", "{epochs}", "--lr-step", "{lr_step}", "--device", "cp
 # smallest median HU of a hole it fills ("holes": 50, `infer volume`'s since the canal rule;
 # absent: every hole, as the rows measured before it were scored), the spine filter's band around
 # the body's midline ("midline": 50, `infer volume --midline-mm`'s default since; absent: none),
-# and "from": reuse that row's model and probabilities (a post-processing variant).
+# the probability's Gaussian smoothing along z before the threshold ("zsigma": 2 mm, `infer volume
+# --z-sigma-mm`'s default since; absent: none), and "from": reuse that row's model and
+# probabilities (a post-processing variant). The probabilities are saved per slice, unsmoothed.
 PAPER_BUILD = ["--pixel-mm", "native", "--label-rule", "majority", "--stride", "12", "--hu-gain", "0",
                "--hu-offset", "0", "--noise-hu", "0", "--zoom", "0", "--flip", "0", "--coarsen", "1"]
 CHOSEN = ["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"]
@@ -128,6 +130,12 @@ ROWS = {
     "+flip+midline": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, **{"from": "+flip"}),
     "+hu70+midline": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, **{"from": "+hu70"}),
     "+coarsen2+midline": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, **{"from": "+coarsen2"}),
+    # the probability smoothed along z (a Gaussian of 2 mm) before the threshold
+    "+zsigma2": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, zsigma=2.0, **{"from": "+zoom0.2"}),
+    "+flip+zsigma2": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, zsigma=2.0, **{"from": "+flip"}),
+    "+hu70+zsigma2": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, zsigma=2.0, **{"from": "+hu70"}),
+    "+coarsen2+zsigma2": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, zsigma=2.0,
+                              **{"from": "+coarsen2"}),
 }
 
 
@@ -223,6 +231,7 @@ def infer_case(folder: Path, model: Path, image: Path, log: Path) -> dict:
     with open(report, "w") as f, open(log, "a") as err:
         done = subprocess.run(["infer", "volume", str(image), "-m", str(model), "-o", str(folder / f"{case}_raw.nii.gz"),
                                "--probabilities", str(folder / f"{case}_prob.nii.gz"), "--postprocess", "none",
+                               "--z-sigma-mm", "none",
                                "--reference", str(ref), "--json", "--quiet"], stdout=f, stderr=err)
     if done.returncode:
         sys.exit(f"infer volume {image} failed; see {log}")
@@ -230,19 +239,21 @@ def infer_case(folder: Path, model: Path, image: Path, log: Path) -> dict:
 
 
 def score(folder: Path, image: Path, post: str, refine: float | None, holes: float | None,
-          midline: float | None) -> dict:
-    """Metrics of the saved probability map > 0.5, post-processed with ``post`` and refined at
-    ``refine`` HU (None: not), filling holes of a median of at least ``holes`` HU (None: every
-    hole), the spine filter's band ``midline`` mm (None: none), as `infer volume --postprocess
-    POST --refine REFINE --midline-mm MIDLINE` does."""
+          midline: float | None, zsigma: float | None) -> dict:
+    """Metrics of the saved probability map, smoothed along z by ``zsigma`` mm (None: not), > 0.5,
+    post-processed with ``post`` and refined at ``refine`` HU (None: not), filling holes of a
+    median of at least ``holes`` HU (None: every hole), the spine filter's band ``midline`` mm
+    (None: none), as `infer volume --z-sigma-mm ZSIGMA --postprocess POST --refine REFINE
+    --midline-mm MIDLINE` does."""
     from infer.metrics import segmentation_metrics
-    from infer.postprocess import postprocess
+    from infer.postprocess import postprocess, smooth_along_z
     from patchstore.io.volume import read_volume
     case = image.name[: -len("_0000.nii.gz")]
     prob = read_volume(folder / f"{case}_prob.nii.gz")
     ref = read_volume(image.parents[1] / "labelsTr" / f"{case}.nii.gz", dtype=None).array.astype(bool)
     hu = read_volume(image).array if post == "spine" or refine is not None else None
-    mask = postprocess(prob.array > 0.5, prob.geometry.spacing_zyx, method=post, hu=hu, refine_hu=refine,
+    p = smooth_along_z(prob.array, prob.geometry.spacing_zyx[0], zsigma)
+    mask = postprocess(p > 0.5, prob.geometry.spacing_zyx, method=post, hu=hu, refine_hu=refine,
                        hole_min_hu=holes, midline_mm=midline)
     return segmentation_metrics(mask, ref, prob.geometry.spacing_zyx)
 
@@ -271,7 +282,8 @@ def run_row(name: str, recipe: dict, args, data: dict, out: Path) -> dict:
         case = image.name[: -len("_0000.nii.gz")]
         entry = json.loads((folder / f"{case}.json").read_text())
         entry = next(iter(entry.values()))
-        m = score(folder, image, recipe["post"], recipe.get("refine"), recipe.get("holes"), recipe.get("midline"))
+        m = score(folder, image, recipe["post"], recipe.get("refine"), recipe.get("holes"), recipe.get("midline"),
+                  recipe.get("zsigma"))
         cases[case] = {"DSC": m["DSC"], "SEN": m["SEN"], "PRE": m["PRE"], "HD95": m["HD95"],
                        "rule_DSC": entry["label_rule_DSC"], "seconds": entry["seconds"]}
     result = {"row": name, "recipe": recipe, "train_seconds": t_train, "cases": cases}

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from infer.cli import main
-from infer.postprocess import refine_to_bone
+from infer.postprocess import refine_to_bone, smooth_along_z
 from patchstore.io.volume import read_volume, write_volume
 from tests.builders import lps_geometry, write_checkpoint
 from train.model import OPConvNet
@@ -198,4 +198,32 @@ def test_midline_option_reaches_the_spine_filter_and_a_bad_one_is_refused(tmp_pa
         res = CliRunner().invoke(main, ["volume", str(image), "-m", str(ckpt), "-o", str(tmp_path / "x" / "p.nii.gz"),
                                         "--midline-mm", bad])
         assert res.exit_code == 2 and "--midline-mm" in res.output and repr(bad) in res.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_z_sigma_smooths_the_written_probability_and_a_bad_one_is_refused(tmp_path):
+    """--z-sigma-mm: the probability written (and thresholded) is the per-slice one smoothed along z
+    by a Gaussian of that many mm (default 2); none keeps every slice's own; a value that is not a
+    distance stops before any output."""
+    shape = (5, 30, 26)
+    hu = np.full(shape, 40, np.int16)
+    for z in range(shape[0]):
+        hu[z, 8:20, 6:18] = 200 + 250 * z  # a block brighter in every slice: per-slice probabilities differ
+    image = write_volume(tmp_path / "ct.nii.gz", hu, lps_geometry(shape))  # 2.5 mm slices
+    ckpt = write_checkpoint(tmp_path / "m.pt")
+    prob = {}
+    for name, choice in (("default", []), ("none", ["--z-sigma-mm", "none"]), ("5", ["--z-sigma-mm", "5"])):
+        res = CliRunner().invoke(main, ["volume", str(image), "-m", str(ckpt), "-o", str(tmp_path / name / "m.nii.gz"),
+                                        "--probabilities", str(tmp_path / name / "p.nii.gz"), *choice, "--quiet"])
+        assert res.exit_code == 0, res.output
+        prob[name] = read_volume(tmp_path / name / "p.nii.gz").array
+    per_slice = prob["none"]
+    assert np.abs(np.diff(per_slice, axis=0)).max() > 1e-3
+    np.testing.assert_allclose(prob["default"], smooth_along_z(per_slice, 2.5, 2.0), atol=1e-6)
+    np.testing.assert_allclose(prob["5"], smooth_along_z(per_slice, 2.5, 5.0), atol=1e-6)
+    assert np.abs(prob["default"] - per_slice).max() > 1e-4
+    for bad in ("-1", "thick"):
+        res = CliRunner().invoke(main, ["volume", str(image), "-m", str(ckpt), "-o", str(tmp_path / "x" / "m.nii.gz"),
+                                        "--z-sigma-mm", bad])
+        assert res.exit_code == 2 and "--z-sigma-mm" in res.output and repr(bad) in res.output
     assert not (tmp_path / "x").exists()
