@@ -162,8 +162,8 @@ def _print_scores(entry: dict, cfg) -> None:
 @click.option("--threshold", default=0.5, show_default=True,
               help="Vertebra where the probability exceeds this (0.5: the network's argmax).")
 @click.option("--probabilities", type=click.Path(path_type=Path), default=None,
-              help="Also write the vertebra probability map (float32, 0..1, smoothed as --z-sigma-mm says): a file for a single CT, else a folder "
-                   "of <case>_prob.nii.gz.")
+              help="Also write the vertebra probability map (float32, 0..1, smoothed as --z-sigma-mm says): a file "
+                   "for a single CT, else a folder of <case>_prob.nii.gz.")
 @click.option("--reference", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Reference masks: a file per single CT (repeat in their order), or one folder of "
                    "<case>.nii.gz (or holding labelsTr/). A CSV's mask column needs none. Prints the paper's "
@@ -179,8 +179,8 @@ def _print_scores(entry: dict, cfg) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print each case's report as JSON (keyed by input image).")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-case timing lines.")
 def volume(inputs, checkpoint, out, engine, cascade_step, skip_zero, body_mask, batch_slices, device, bf16, tf32,
-           postprocess, refine, midline, z_sigma, threshold, probabilities, reference, labels, tolerance_mm, overlay, overwrite, as_json,
-           quiet) -> None:
+           postprocess, refine, midline, z_sigma, threshold, probabilities, reference, labels, tolerance_mm, overlay,
+           overwrite, as_json, quiet) -> None:
     """Segment the vertebrae of each CT into a mask (uint8, 1 = vertebra) with the CT's exact geometry.
 
     INPUT: a CT file (NIfTI, MHA/MHD, NRRD), a DICOM series folder, a folder of CTs (imagesTr/,

@@ -22,9 +22,10 @@ preprocessing and pixel size, over --slices slices from --first-slice:
         --first-slice 80 --slices 53
 
 It prints seconds per slice, the speed-up, the fraction of pixels the network evaluated, the
-fraction whose exact probability lies between the variant's low and high (the least any
-interpolating rule must evaluate besides its lattice), the pixels whose class (probability > 0.5, before post-processing) differs from the dense engine's,
-and the DSC of either class map against the reference on the working grid.
+fraction whose exact probability lies between the variant's low and high (what an accurate
+interpolation of the lattice leaves unsettled), the pixels whose class (probability > 0.5, before
+post-processing) differs from the dense engine's, and the DSC of either class map against the
+reference on the working grid.
 """
 
 from __future__ import annotations
@@ -145,8 +146,8 @@ def cascade_agreement(args, device: torch.device) -> None:
         lo, hi = np.log(low / (1 - low)), np.log(high / (1 - high))
         uncertain = f"{((ref_d > lo) & (ref_d < hi) & need.cpu()).float().mean().item():.3f}" if step else "-"
         print(f"{name:<18}{t / n_s:>9.3f}{t_ref / t:>10.2f}"
-              f"{evaluated / x.numel():>11.3f}{uncertain:>11}{differs:>15}{100 * differs / x.numel():>10.4f}{dsc(cls):>8.4f}"
-              f"{dsc(cls) - base:>+9.4f}")
+              f"{evaluated / x.numel():>11.3f}{uncertain:>11}{differs:>15}{100 * differs / x.numel():>10.4f}"
+              f"{dsc(cls):>8.4f}{dsc(cls) - base:>+9.4f}")
 
 
 def cascade_variants(text: str) -> list[tuple[int, float, float, torch.dtype]]:
