@@ -81,10 +81,10 @@ def smooth_along_z(prob: np.ndarray, spacing_z: float, sigma_mm: float | None = 
     """
     if sigma_mm is not None and not (np.isfinite(sigma_mm) and sigma_mm >= 0):
         raise ValueError(f"z smoothing sigma is {sigma_mm!r} mm; expected a distance >= 0 or None")
-    if spacing_z <= 0:
-        raise ValueError(f"slice spacing is {spacing_z!r} mm; expected > 0")
-    if not sigma_mm or prob.shape[0] < 2:
+    if not sigma_mm or prob.shape[0] < 2:  # one slice: nothing to smooth, whatever its spacing says
         return np.array(prob, np.float32)
+    if not spacing_z > 0:
+        raise ValueError(f"slice spacing is {spacing_z!r} mm; expected > 0")
     return ndimage.gaussian_filter1d(np.asarray(prob, np.float32), sigma_mm / spacing_z, axis=0, mode="nearest")
 
 
