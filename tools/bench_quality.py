@@ -41,8 +41,10 @@ BENCH_TRAIN = ["--epochs", "{epochs}", "--lr-step", "{lr_step}", "--device", "cp
 # absent: every hole, as the rows measured before it were scored), the spine filter's band around
 # the body's midline ("midline": 50, `infer volume --midline-mm`'s default since; absent: none),
 # the probability's Gaussian smoothing along z before the threshold ("zsigma": 2 mm, `infer volume
-# --z-sigma-mm`'s default since; absent: none), and "from": reuse that row's model and
-# probabilities (a post-processing variant). The probabilities are saved per slice, unsmoothed.
+# --z-sigma-mm`'s default since; absent: none), the spine filter's opening ("opening": "mm", a
+# radius of 1 mm, `infer volume`'s since; absent: 1 pixel, as the rows scored before it), and
+# "from": reuse that row's model and probabilities (a post-processing variant). The
+# probabilities are saved per slice, unsmoothed.
 PAPER_BUILD = ["--pixel-mm", "native", "--label-rule", "majority", "--stride", "12", "--hu-gain", "0",
                "--hu-offset", "0", "--noise-hu", "0", "--zoom", "0", "--flip", "0", "--coarsen", "1"]
 CHOSEN = ["--label-rule", "centre", "--pixel-mm", "1.4", "--stride", "3"]
@@ -136,6 +138,15 @@ ROWS = {
     "+hu70+zsigma2": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, zsigma=2.0, **{"from": "+hu70"}),
     "+coarsen2+zsigma2": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, zsigma=2.0,
                               **{"from": "+coarsen2"}),
+    # the spine method's opening of 1 mm instead of 1 pixel (none at the 3 mm scan's pixels)
+    "+opening-mm": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, zsigma=2.0, opening="mm",
+                        **{"from": "+zoom0.2"}),
+    "+flip+opening-mm": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, zsigma=2.0, opening="mm",
+                             **{"from": "+flip"}),
+    "+hu70+opening-mm": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, zsigma=2.0, opening="mm",
+                             **{"from": "+hu70"}),
+    "+coarsen2+opening-mm": dict(post="spine", refine=100.0, holes=50.0, midline=50.0, zsigma=2.0, opening="mm",
+                                 **{"from": "+coarsen2"}),
 }
 
 
@@ -239,12 +250,13 @@ def infer_case(folder: Path, model: Path, image: Path, log: Path) -> dict:
 
 
 def score(folder: Path, image: Path, post: str, refine: float | None, holes: float | None,
-          midline: float | None, zsigma: float | None) -> dict:
+          midline: float | None, zsigma: float | None, opening: str | None) -> dict:
     """Metrics of the saved probability map, smoothed along z by ``zsigma`` mm (None: not), > 0.5,
     post-processed with ``post`` and refined at ``refine`` HU (None: not), filling holes of a
     median of at least ``holes`` HU (None: every hole), the spine filter's band ``midline`` mm
     (None: none), as `infer volume --z-sigma-mm ZSIGMA --postprocess POST --refine REFINE
-    --midline-mm MIDLINE` does."""
+    --midline-mm MIDLINE` does; ``opening`` "mm": the method's own opening radius (1 mm for
+    spine), None: 1 pixel."""
     from infer.metrics import segmentation_metrics
     from infer.postprocess import postprocess, smooth_along_z
     from patchstore.io.volume import read_volume
@@ -254,7 +266,7 @@ def score(folder: Path, image: Path, post: str, refine: float | None, holes: flo
     hu = read_volume(image).array if post == "spine" or refine is not None else None
     p = smooth_along_z(prob.array, prob.geometry.spacing_zyx[0], zsigma)
     mask = postprocess(p > 0.5, prob.geometry.spacing_zyx, method=post, hu=hu, refine_hu=refine,
-                       hole_min_hu=holes, midline_mm=midline)
+                       hole_min_hu=holes, midline_mm=midline, opening_radius=None if opening == "mm" else 1)
     return segmentation_metrics(mask, ref, prob.geometry.spacing_zyx)
 
 
@@ -283,7 +295,7 @@ def run_row(name: str, recipe: dict, args, data: dict, out: Path) -> dict:
         entry = json.loads((folder / f"{case}.json").read_text())
         entry = next(iter(entry.values()))
         m = score(folder, image, recipe["post"], recipe.get("refine"), recipe.get("holes"), recipe.get("midline"),
-                  recipe.get("zsigma"))
+                  recipe.get("zsigma"), recipe.get("opening"))
         cases[case] = {"DSC": m["DSC"], "SEN": m["SEN"], "PRE": m["PRE"], "HD95": m["HD95"],
                        "rule_DSC": entry["label_rule_DSC"], "seconds": entry["seconds"]}
     result = {"row": name, "recipe": recipe, "train_seconds": t_train, "cases": cases}

@@ -14,6 +14,7 @@ from infer.postprocess import (
     fill_slice_holes,
     keep_large_components,
     open_slices,
+    opening_pixels,
     postprocess,
     refine_to_bone,
     smooth_along_z,
@@ -352,3 +353,24 @@ def test_z_smoothing_drops_a_one_slice_blip_fills_a_one_slice_gap_and_keeps_a_th
     spine = np.ones((23, 1, 1), np.float32)
     spine[10:13] = 0.0  # the disc: slices 10, 11, 12 of 1 mm
     assert smooth_along_z(spine, 1.0)[11, 0, 0] < 0.5 < smooth_along_z(spine, 1.0, 3.0)[11, 0, 0]
+
+
+def test_spine_method_opens_by_a_millimetre_and_the_paper_by_a_pixel():
+    """opening_pixels: whole pixels within 1 mm of the larger in-plane side. At 3 mm pixels the
+    spine method does not open, so a process one pixel (3 mm) thick stays; the paper's 3x3 cross
+    (its default) removes it."""
+    assert [opening_pixels(s) for s in ((2.5, 0.7, 0.7), (3.0, 3.0, 3.0), (1.0, 0.4, 0.4), (2.0, 0.7, 1.4),
+                                        (1.0, 1.0, 1.0))] == [1, 0, 2, 0, 1]
+    hu, spine, _ = _torso(n=60, mm=3.0)
+    process = np.zeros_like(spine)
+    process[:, 38:46, 30] = True  # a spinous process, 3 mm wide, 12-15 mm out behind each vertebra
+    pred = spine | (process & spine.any((1, 2))[:, None, None])
+    assert (pred & process & ~spine).sum((1, 2)).max() >= 4
+    spacing = (2.0, 3.0, 3.0)
+    kept = postprocess(pred, spacing, method="spine", hu=hu)
+    assert kept[pred & process].all() and kept[spine].mean() > 0.95
+    beyond = pred & process
+    beyond[:, :43] = False  # more than a pixel off the vertebra: the cross's dilation does not reach back
+    assert beyond.sum() >= 3 * spine.any((1, 2)).sum()
+    assert not postprocess(pred, spacing, method="spine", hu=hu, opening_radius=1)[beyond].any()
+    assert not postprocess(pred, spacing)[beyond].any()
