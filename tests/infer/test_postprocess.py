@@ -363,7 +363,7 @@ def test_spine_method_opens_by_a_millimetre_and_the_paper_by_a_pixel():
                                         (1.0, 1.0, 1.0))] == [1, 0, 2, 0, 1]
     hu, spine, _ = _torso(n=60, mm=3.0)
     process = np.zeros_like(spine)
-    process[:, 38:46, 30] = True  # a spinous process, 3 mm wide, 12-15 mm out behind each vertebra
+    process[:, 38:46, 30] = True  # a spinous process, 3 mm wide, reaching 12 mm behind each vertebra
     pred = spine | (process & spine.any((1, 2))[:, None, None])
     assert (pred & process & ~spine).sum((1, 2)).max() >= 4
     spacing = (2.0, 3.0, 3.0)
